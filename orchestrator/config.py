@@ -1,0 +1,162 @@
+"""`orchestrator.yaml`: registry, state dir, targets. Every key can be overridden by env.
+
+Top-level keys: AADS_<KEY> (AADS_REGISTRY, AADS_STATE_DIR, AADS_VERSIONS_DIR, AADS_MODELS_DIR,
+AADS_DEFAULT_TARGET). Target keys: AADS_TARGET_<NAME>_<KEY> (e.g. AADS_TARGET_LOCAL_EDGE_PORT=9090).
+Without a file the embedded default holds: target `local` = compose on this host, edge on
+127.0.0.1:8080, registry 127.0.0.1:5000/aads-ulora, state in .orchestrator/.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.errors import ConfigError
+
+CONFIG_FILE = "orchestrator.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComposeTarget(_Strict):
+    kind: Literal["compose"] = "compose"
+    project: str = "aads"
+    compose_file: str = "compose/compose.yaml"
+    edge_host: str = "127.0.0.1"
+    edge_port: int = Field(8080, ge=1, le=65535)
+    # Host ports for each slot's smoke test (published on edge_host only).
+    blue_port: int = Field(8081, ge=1, le=65535)
+    green_port: int = Field(8082, ge=1, le=65535)
+    # "registry": slots run <registry>@sha256:<digest>; "local": the image id of a loaded image
+    # (air-gapped hosts restored from a backup, no registry).
+    image_source: Literal["registry", "local"] = "registry"
+    ready_timeout_s: float = Field(180, gt=0)
+    watch_s: float = Field(5, ge=0)
+    gpu: Literal["auto", "on", "off"] = "auto"
+
+
+class KubernetesTarget(_Strict):
+    kind: Literal["kubernetes"]
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "aads"
+    deployment: str = "aads-serving"
+    container: str = "serving"
+    timeout_s: float = Field(600, gt=0)
+
+
+Target = ComposeTarget | KubernetesTarget
+
+
+class Config(_Strict):
+    registry: str = "127.0.0.1:5000/aads-ulora"
+    state_dir: str = ".orchestrator"
+    versions_dir: str = "versions"
+    models_dir: str = "build/models"
+    default_target: str = "local"
+    targets: dict[str, Any] = Field(default_factory=lambda: {"local": {"kind": "compose"}})
+
+    # Filled by load(): where relative paths are resolved from.
+    root: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def versions_path(self) -> Path:
+        return self.path(self.versions_dir)
+
+    @property
+    def models_path(self) -> Path:
+        return self.path(self.models_dir)
+
+    @property
+    def registry_host(self) -> str:
+        return self.registry.split("/", 1)[0]
+
+    def target(self, name: str | None = None) -> tuple[str, Target]:
+        name = name or self.default_target
+        if name not in self.targets:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ConfigError(f"unknown target {name!r} (configured: {known})")
+        raw = self.targets[name] or {}
+        try:
+            if raw.get("kind", "compose") == "compose":
+                return name, ComposeTarget.model_validate(raw)
+            return name, KubernetesTarget.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(f"target {name}: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    errs = e.errors()
+    return "; ".join(f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in errs)
+
+
+def _env_overrides(data: dict[str, Any], env: os._Environ | dict[str, str]) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("registry", "state_dir", "versions_dir", "models_dir", "default_target"):
+        v = env.get(f"AADS_{key.upper()}")
+        if v:
+            out[key] = v
+    targets = {k: dict(v or {}) for k, v in (out.get("targets") or {"local": {"kind": "compose"}}).items()}
+    for var, value in env.items():
+        if not var.startswith("AADS_TARGET_"):
+            continue
+        rest = var[len("AADS_TARGET_"):].lower()
+        for name in sorted(targets, key=len, reverse=True):
+            prefix = name.lower().replace("-", "_") + "_"
+            if rest.startswith(prefix):
+                targets[name][rest[len(prefix):]] = value
+                break
+    out["targets"] = targets
+    return out
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder up from `start` holding orchestrator.yaml or versions/."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_FILE).is_file() or (d / "versions").is_dir():
+            return d
+    return here
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load the config file (explicit path, $AADS_CONFIG, or ./orchestrator.yaml up the tree)."""
+    env = os.environ if env is None else env
+    explicit = path or env.get("AADS_CONFIG")
+    if explicit:
+        file = Path(explicit).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        root = file.resolve().parent
+    else:
+        root = find_root()
+        file = root / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+    try:
+        cfg = Config.model_validate(_env_overrides(data, env))
+    except ValidationError as e:
+        raise ConfigError(f"{file}: {_first_error(e)}") from None
+    cfg.root = root
+    return cfg

@@ -1,0 +1,385 @@
+"""The ledger: what was built, pushed and deployed, in SQLite under the state dir.
+
+Every write is one transaction (BEGIN IMMEDIATE ... COMMIT), so a process killed mid-way leaves
+either the whole record or none of it. Manifests are never written back: the ledger is the only
+place that says what happened to a version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from orchestrator.errors import LedgerError
+
+LEDGER_FILE = "ledger.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    variant TEXT NOT NULL,              -- cpu | cuda
+    image_id TEXT NOT NULL,             -- sha256:... (the image config digest)
+    manifest_sha256 TEXT NOT NULL,
+    git_commit TEXT,
+    built_at TEXT NOT NULL,
+    build_seconds REAL,
+    size_bytes INTEGER,
+    golden TEXT NOT NULL DEFAULT '[]',  -- JSON: [{"image": name, "decision": ..., "crop": ..., "disease": ...}]
+    origin TEXT NOT NULL DEFAULT 'build' -- build | restore:<archive name>
+);
+CREATE TABLE IF NOT EXISTS pushes (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    build_id INTEGER NOT NULL REFERENCES builds(id),
+    repository TEXT NOT NULL,           -- e.g. 127.0.0.1:5000/aads-ulora
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,               -- sha256:... (registry manifest digest)
+    pushed_at TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'push'
+);
+CREATE TABLE IF NOT EXISTS live (
+    target TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    image_ref TEXT NOT NULL,
+    slot TEXT,                          -- compose: blue | green; kubernetes: revision number
+    since TEXT NOT NULL,
+    previous_version TEXT,
+    previous_digest TEXT,
+    previous_image_ref TEXT,
+    previous_slot TEXT
+);
+CREATE TABLE IF NOT EXISTS switches (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    action TEXT NOT NULL,               -- up | switch | rollback | repair
+    from_version TEXT,
+    to_version TEXT NOT NULL,
+    digest TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL DEFAULT 'running', -- running | succeeded | failed | reverted | noop | interrupted
+    reason TEXT,
+    phases TEXT NOT NULL DEFAULT '{}',  -- JSON: {"start": 1.2, "ready": 3.4, ...} seconds
+    step TEXT,                          -- the phase in progress (crash recovery reads it)
+    data TEXT NOT NULL DEFAULT '{}',    -- JSON: backend facts needed to repair (slots, ports)
+    user TEXT NOT NULL,
+    command TEXT
+);
+CREATE TABLE IF NOT EXISTS failed_digests (
+    digest TEXT NOT NULL,
+    version TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (digest, target)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    target TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def who() -> str:
+    """The operator, as history shows it: user@host."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in a container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Build:
+    id: int
+    version: str
+    variant: str
+    image_id: str
+    manifest_sha256: str
+    git_commit: str | None
+    built_at: str
+    build_seconds: float | None
+    size_bytes: int | None
+    golden: list[dict[str, Any]]
+    origin: str
+
+
+@dataclass(frozen=True)
+class Push:
+    id: int
+    version: str
+    build_id: int
+    repository: str
+    tag: str
+    digest: str
+    pushed_at: str
+    origin: str
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Live:
+    target: str
+    version: str
+    digest: str
+    image_ref: str
+    slot: str | None
+    since: str
+    previous_version: str | None
+    previous_digest: str | None
+    previous_image_ref: str | None
+    previous_slot: str | None
+
+
+@dataclass(frozen=True)
+class Switch:
+    id: int
+    target: str
+    action: str
+    from_version: str | None
+    to_version: str
+    digest: str | None
+    started_at: str
+    finished_at: str | None
+    outcome: str
+    reason: str | None
+    phases: dict[str, float]
+    step: str | None
+    data: dict[str, Any]
+    user: str
+    command: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_JSON_COLUMNS = {"golden", "phases", "data"}
+
+
+def _row(cls: type, row: sqlite3.Row | None):
+    if row is None:
+        return None
+    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}
+    return cls(**values)
+
+
+class Ledger:
+    """Open (and create) the ledger in `state_dir`."""
+
+    def __init__(self, state_dir: str | Path):
+        self.path = Path(state_dir) / LEDGER_FILE
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise LedgerError(f"cannot open the ledger at {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All-or-nothing: BEGIN IMMEDIATE takes the write lock up front."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _one(self, cls: type, sql: str, *args: Any):
+        return _row(cls, self._db.execute(sql, args).fetchone())
+
+    def _all(self, cls: type, sql: str, *args: Any) -> list:
+        return [_row(cls, r) for r in self._db.execute(sql, args).fetchall()]
+
+    # builds -----------------------------------------------------------------------------------
+    def record_build(self, *, version: str, variant: str, image_id: str, manifest_sha256: str,
+                     git_commit: str | None, size_bytes: int | None, golden: list[dict[str, Any]],
+                     build_seconds: float | None = None, origin: str = "build",
+                     built_at: str | None = None) -> Build:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO builds (version, variant, image_id, manifest_sha256, git_commit, built_at,"
+                " build_seconds, size_bytes, golden, origin) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (version, variant, image_id, manifest_sha256, git_commit, built_at or now(),
+                 build_seconds, size_bytes, json.dumps(golden), origin),
+            )
+            build_id = cur.lastrowid
+        return self.build(build_id)
+
+    def build(self, build_id: int) -> Build | None:
+        return self._one(Build, "SELECT * FROM builds WHERE id = ?", build_id)
+
+    def latest_build(self, version: str, variant: str | None = None) -> Build | None:
+        if variant:
+            return self._one(Build, "SELECT * FROM builds WHERE version = ? AND variant = ? ORDER BY id DESC LIMIT 1",
+                             version, variant)
+        return self._one(Build, "SELECT * FROM builds WHERE version = ? ORDER BY id DESC LIMIT 1", version)
+
+    def builds(self, version: str | None = None) -> list[Build]:
+        if version:
+            return self._all(Build, "SELECT * FROM builds WHERE version = ? ORDER BY id", version)
+        return self._all(Build, "SELECT * FROM builds ORDER BY id")
+
+    # pushes -----------------------------------------------------------------------------------
+    def record_push(self, *, version: str, build_id: int, repository: str, tag: str, digest: str,
+                    origin: str = "push") -> Push:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (version, build_id, repository, tag, digest, now(), origin),
+            )
+            push_id = cur.lastrowid
+        return self._one(Push, "SELECT * FROM pushes WHERE id = ?", push_id)
+
+    def latest_push(self, version: str) -> Push | None:
+        return self._one(Push, "SELECT * FROM pushes WHERE version = ? ORDER BY id DESC LIMIT 1", version)
+
+    def pushes(self, version: str | None = None) -> list[Push]:
+        if version:
+            return self._all(Push, "SELECT * FROM pushes WHERE version = ? ORDER BY id", version)
+        return self._all(Push, "SELECT * FROM pushes ORDER BY id")
+
+    def version_for_digest(self, digest: str) -> str | None:
+        row = self._db.execute("SELECT version FROM pushes WHERE digest = ? ORDER BY id DESC LIMIT 1",
+                               (digest,)).fetchone()
+        return row["version"] if row else None
+
+    # live state -------------------------------------------------------------------------------
+    def live(self, target: str) -> Live | None:
+        return self._one(Live, "SELECT * FROM live WHERE target = ?", target)
+
+    def all_live(self) -> list[Live]:
+        return self._all(Live, "SELECT * FROM live ORDER BY target")
+
+    def set_live(self, target: str, *, version: str, digest: str, image_ref: str, slot: str | None,
+                 db: sqlite3.Connection | None = None) -> None:
+        """Make `version` live on `target`; the one live before becomes `previous_*`.
+
+        Pass `db` to join a transaction the caller already holds (e.g. with finish_switch).
+        """
+        def write(conn: sqlite3.Connection) -> None:
+            old = conn.execute("SELECT * FROM live WHERE target = ?", (target,)).fetchone()
+            prev = (old["version"], old["digest"], old["image_ref"], old["slot"]) if old else (None,) * 4
+            if old and old["digest"] == digest:  # same image again (repair): keep the older previous
+                prev = (old["previous_version"], old["previous_digest"], old["previous_image_ref"],
+                        old["previous_slot"])
+            conn.execute(
+                "INSERT OR REPLACE INTO live (target, version, digest, image_ref, slot, since, previous_version,"
+                " previous_digest, previous_image_ref, previous_slot) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (target, version, digest, image_ref, slot, now(), *prev),
+            )
+
+        if db is not None:
+            write(db)
+        else:
+            with self.transaction() as conn:
+                write(conn)
+
+    # switches ---------------------------------------------------------------------------------
+    def begin_switch(self, *, target: str, action: str, to_version: str, from_version: str | None,
+                     digest: str | None, command: str | None, data: dict[str, Any] | None = None) -> Switch:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO switches (target, action, from_version, to_version, digest, started_at, user,"
+                " command, data) VALUES (?,?,?,?,?,?,?,?,?)",
+                (target, action, from_version, to_version, digest, now(), who(), command,
+                 json.dumps(data or {})),
+            )
+            switch_id = cur.lastrowid
+        return self.switch(switch_id)
+
+    def switch(self, switch_id: int) -> Switch | None:
+        return self._one(Switch, "SELECT * FROM switches WHERE id = ?", switch_id)
+
+    def enter_step(self, switch_id: int, step: str, **data: Any) -> None:
+        """Record the phase now running (and facts a repair needs) before doing it."""
+        with self.transaction() as db:
+            row = db.execute("SELECT data FROM switches WHERE id = ?", (switch_id,)).fetchone()
+            merged = {**json.loads(row["data"]), **data}
+            db.execute("UPDATE switches SET step = ?, data = ? WHERE id = ?", (step, json.dumps(merged), switch_id))
+
+    def record_phase(self, switch_id: int, phase: str, seconds: float) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT phases FROM switches WHERE id = ?", (switch_id,)).fetchone()
+            phases = json.loads(row["phases"])
+            phases[phase] = round(phases.get(phase, 0.0) + seconds, 3)
+            db.execute("UPDATE switches SET phases = ? WHERE id = ?", (json.dumps(phases), switch_id))
+
+    def finish_switch(self, switch_id: int, outcome: str, reason: str | None = None,
+                      db: sqlite3.Connection | None = None) -> None:
+        sql = "UPDATE switches SET outcome = ?, reason = ?, finished_at = ?, step = NULL WHERE id = ?"
+        if db is not None:
+            db.execute(sql, (outcome, reason, now(), switch_id))
+        else:
+            with self.transaction() as conn:
+                conn.execute(sql, (outcome, reason, now(), switch_id))
+
+    def unfinished_switches(self, target: str) -> list[Switch]:
+        return self._all(Switch, "SELECT * FROM switches WHERE target = ? AND outcome = 'running' ORDER BY id", target)
+
+    def history(self, target: str | None = None, limit: int | None = None) -> list[Switch]:
+        sql = "SELECT * FROM switches"
+        args: list[Any] = []
+        if target:
+            sql += " WHERE target = ?"
+            args.append(target)
+        sql += " ORDER BY id DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return list(reversed(self._all(Switch, sql, *args)))
+
+    # failed digests ---------------------------------------------------------------------------
+    def mark_failed_digest(self, *, digest: str, version: str, target: str, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO failed_digests (digest, version, target, at, reason) VALUES (?,?,?,?,?)",
+                       (digest, version, target, now(), reason))
+
+    def failed_digests(self) -> dict[str, list[dict[str, str]]]:
+        out: dict[str, list[dict[str, str]]] = {}
+        for r in self._db.execute("SELECT * FROM failed_digests ORDER BY at").fetchall():
+            out.setdefault(r["digest"], []).append(dict(r))
+        return out
+
+    # events -----------------------------------------------------------------------------------
+    def add_event(self, kind: str, message: str, target: str | None = None, **data: Any) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO events (at, target, kind, message, data) VALUES (?,?,?,?,?)",
+                       (now(), target, kind, message, json.dumps(data)))
+
+    def events(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM events", []
+        if target:
+            sql, args = sql + " WHERE target = ?", [target]
+        rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{**dict(r), "data": json.loads(r["data"])} for r in reversed(rows)]

@@ -1,0 +1,60 @@
+"""From a version name to the exact image a backend deploys: `repo@sha256:...`.
+
+Shared by every backend (compose, kubernetes) and by verify: a version must be built and pushed,
+and the registry tag must still resolve to the digest the ledger recorded. A moved tag is refused
+as possible tampering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.context import Context
+from orchestrator.errors import TamperError, UsageError
+from orchestrator.ledger import Build, Push
+from orchestrator.registry import RegistryClient
+from serving.manifest import validate_version_name
+
+
+@dataclass(frozen=True)
+class Deployable:
+    version: str
+    digest: str          # registry manifest digest, sha256:...
+    image_ref: str       # repo@sha256:...
+    build: Build
+    push: Push
+
+
+def known_version(ctx: Context, version: str) -> str:
+    """Refuse a malformed or undefined version name with one clear line."""
+    try:
+        validate_version_name(version)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not (ctx.config.versions_path / version).is_dir():
+        raise UsageError(f"unknown version {version}: no folder {ctx.config.versions_path / version}")
+    return version
+
+
+def resolve(ctx: Context, version: str, *, check_registry: bool = True) -> Deployable:
+    """The pushed image of `version`, after checking the registry tag still points at it."""
+    known_version(ctx, version)
+    push = ctx.ledger.latest_push(version)
+    if push is None:
+        build = ctx.ledger.latest_build(version)
+        if build is None:
+            raise UsageError(f"version {version} is not built: run `orchestrator build {version}` then push it")
+        raise UsageError(f"version {version} is built but not pushed: run `orchestrator push {version}`")
+    build = ctx.ledger.build(push.build_id)
+    if check_registry and push.origin != "restore-local":
+        current = RegistryClient(push.repository).tag_digest(push.tag)
+        if current is None:
+            raise TamperError(
+                f"registry tag {push.repository}:{push.tag} is gone (recorded {push.digest}): refusing to deploy"
+            )
+        if current != push.digest:
+            raise TamperError(
+                f"registry tag {push.repository}:{push.tag} moved to {current}, but the ledger recorded "
+                f"{push.digest}: possible tampering, refusing to deploy (make a new version instead)"
+            )
+    return Deployable(version=version, digest=push.digest, image_ref=push.image_ref, build=build, push=push)
