@@ -1,0 +1,58 @@
+# AADS-ULoRA. Two set-up commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := install
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ORCH := $(VENV)/bin/orchestrator
+# The CPU wheel lies in pip's find-links on this project's machines; elsewhere pip takes torch from the index.
+TORCH_SPEC ?= torch==2.13.0
+VERSIONS := v5.5.3-performance v5.5.4-dinov3
+MODELS_DIR := build/models
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install engine models images demo test test-unit test-integration \
+        bench-serving bench-backbones bench-images bench-switch bench-backup clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q '$(TORCH_SPEC)'
+	$(VENV)/bin/pip install -q -e '.[serving,orchestrator,dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the project (CLI: .venv/bin/orchestrator)
+
+engine:  ## start a Docker engine + registry on 127.0.0.1:5000 + local base image, where none runs
+	bash scripts/engine.sh
+
+models: install  ## demo model sets (random-init backbones, synthetic adapters) in build/models/<version>
+	@for v in $(VERSIONS); do $(PY) -m serving.demo_models --version-dir versions/$$v --out $(MODELS_DIR)/$$v; done
+
+images: install engine models  ## build + push both versions (CPU variant)
+	@for v in $(VERSIONS); do $(ORCH) build $$v --variant cpu && $(ORCH) push $$v; done
+
+demo: images  ## the whole story: deploy v5.5.3, switch to v5.5.4, roll back
+	bash scripts/demo.sh
+
+test-unit: install  ## unit + API tests (no engine)
+	$(PY) -m pytest tests/unit tests/api -q
+
+test: install engine models  ## everything, engine tests included
+	$(PY) -m pytest tests -q
+
+bench-serving: install  ## HTTP vs in-process vs naive serving
+	$(PY) benchmarks/bench_serving.py
+
+bench-backbones: install  ## DINOv3 vs DINOv2 latency/throughput/memory, dynamic depth
+	$(PY) benchmarks/bench_backbones.py
+	$(PY) benchmarks/bench_dynamic_depth.py
+
+clean:  ## remove build outputs (not the ledger)
+	rm -rf build
