@@ -1,0 +1,150 @@
+"""k8s/: every overlay renders with the real `kubectl kustomize`, passes the Kubernetes 1.37
+schemas (kubernetes-validate, offline, strict) and keeps the safety settings a rollout relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+KUBECTL = shutil.which("kubectl")
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def test_overlays_exist():
+    assert {"cpu", "gpu"} <= set(OVERLAYS)
+
+
+def test_every_resource_passes_the_schemas(rendered):
+    _, docs = rendered
+    version = kubernetes_validate.latest_version()
+    for doc in docs:
+        # Raises ValidationError naming the bad field; strict also rejects unknown fields.
+        kubernetes_validate.validate(doc, version, strict=True)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap"}
+
+
+def test_schema_validation_rejects_a_bad_field(rendered):
+    # The validator is live: a typo in the Deployment is caught.
+    _, docs = rendered
+    bad = yaml.safe_load(yaml.safe_dump(by_kind(docs, "Deployment")))
+    bad["spec"]["strategy"]["rollingUpdate"]["maxSurgee"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_rollout_settings(rendered):
+    _, docs = rendered
+    d = by_kind(docs, "Deployment")
+    assert d["metadata"]["name"] == "aads-serving"
+    spec = d["spec"]
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["revisionHistoryLimit"] >= 10
+    assert 0 < spec["progressDeadlineSeconds"] <= 1800
+    # The template labels match the selector, so the Service and PDB select the same pods.
+    sel = spec["selector"]["matchLabels"]
+    assert sel.items() <= spec["template"]["metadata"]["labels"].items()
+    assert by_kind(docs, "Service")["spec"]["selector"] == sel
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == sel
+    assert "aads.version" in spec["template"]["metadata"]["annotations"]
+
+
+def test_probes(rendered):
+    _, docs = rendered
+    c = container(by_kind(docs, "Deployment"))
+    assert c["startupProbe"]["httpGet"]["path"] == "/ready"
+    # Model load may take minutes: the startup probe must allow for it before liveness starts.
+    start = c["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 120
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["ports"][0]["containerPort"] == 8000
+
+
+def container(deploy: dict) -> dict:
+    (c,) = [c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "serving"]
+    return c
+
+
+def test_security_settings(rendered):
+    _, docs = rendered
+    d = by_kind(docs, "Deployment")
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in sc["capabilities"]
+    # A read-only root needs a writable /tmp.
+    tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+    vol = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    assert "emptyDir" in vol
+    for key in ("cpu", "memory"):
+        assert key in c["resources"]["requests"] and key in c["resources"]["limits"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_version_manifests_configmap_is_mounted(rendered):
+    _, docs = rendered
+    cm = by_kind(docs, "ConfigMap")
+    for vdir in sorted((ROOT / "versions").iterdir()):
+        assert cm["data"][f"{vdir.name}.version.yaml"] == (vdir / "version.yaml").read_text()
+        assert cm["data"][f"{vdir.name}.adapter_spec.json"] == (vdir / "adapter_spec.json").read_text()
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    # kustomize rewrites the reference to the hashed name, so a manifest change rolls the pods.
+    assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in pod["volumes"])
+
+
+def test_version_copies_in_sync():
+    stale = []
+    for vdir in sorted((ROOT / "versions").iterdir()):
+        for name in ("version.yaml", "adapter_spec.json"):
+            copy = K8S / "base" / "versions" / vdir.name / name
+            if not copy.is_file() or copy.read_bytes() != (vdir / name).read_bytes():
+                stale.append(f"{vdir.name}/{name}")
+    assert not stale, f"k8s/base/versions is stale ({', '.join(stale)}): run k8s/sync-versions.sh"
+
+
+def test_gpu_overlay(rendered):
+    overlay, docs = rendered
+    d = by_kind(docs, "Deployment")
+    pod = d["spec"]["template"]["spec"]
+    limits = container(d)["resources"]["limits"]
+    if overlay == "gpu":
+        assert limits["nvidia.com/gpu"] == "1"
+        assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+        assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
+    else:
+        assert "nvidia.com/gpu" not in limits
+        assert "tolerations" not in pod
