@@ -1,0 +1,71 @@
+"""HTTP probes of a serving container: wait until /ready says 200, read JSON endpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import requests
+
+from orchestrator.errors import OrchestratorError
+
+
+class ProbeError(OrchestratorError):
+    """The service did not become ready, or answered something unusable."""
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    """GET `url` and return its JSON body; a clear ProbeError on anything but a 2xx JSON answer."""
+    try:
+        r = requests.get(url, timeout=timeout)
+    except requests.RequestException as e:
+        raise ProbeError(f"GET {url} failed ({type(e).__name__})") from None
+    if not r.ok:
+        raise ProbeError(f"GET {url} answered {r.status_code}: {r.text[:200]}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ProbeError(f"GET {url} did not answer JSON") from None
+
+
+def post_json(url: str, body: Any, timeout: float = 60.0) -> Any:
+    try:
+        r = requests.post(url, json=body, timeout=timeout)
+    except requests.RequestException as e:
+        raise ProbeError(f"POST {url} failed ({type(e).__name__})") from None
+    if not r.ok:
+        raise ProbeError(f"POST {url} answered {r.status_code}: {r.text[:200]}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ProbeError(f"POST {url} did not answer JSON") from None
+
+
+def wait_ready(base_url: str, timeout_s: float, abort: Callable[[], str | None] | None = None,
+               interval_s: float = 0.25) -> float:
+    """Poll GET {base_url}/ready until it answers 200; return the seconds that took.
+
+    `abort()` is asked between polls; a reason it returns (e.g. "the container exited with
+    code 1") stops the wait at once instead of running into the timeout.
+
+    Raises:
+        ProbeError: on timeout (naming the last answer) or when abort() gives a reason.
+    """
+    start = time.monotonic()
+    deadline = start + timeout_s
+    last = "no answer yet"
+    while True:
+        try:
+            r = requests.get(f"{base_url}/ready", timeout=2)
+            if r.status_code == 200:
+                return time.monotonic() - start
+            last = f"/ready answered {r.status_code}"
+        except requests.RequestException as e:
+            last = f"/ready unreachable ({type(e).__name__})"
+        if abort is not None:
+            reason = abort()
+            if reason:
+                raise ProbeError(f"{base_url} never became ready: {reason}")
+        if time.monotonic() >= deadline:
+            raise ProbeError(f"{base_url} not ready after {timeout_s:g}s ({last})")
+        time.sleep(interval_s)
