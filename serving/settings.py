@@ -51,6 +51,7 @@ class Settings:
     max_upload_bytes: int = 10 * MB
     max_pixels: int = 40_000_000
     max_batch_items: int = 32
+    max_batch_body_bytes: int = 64 * MB
     api_keys: tuple[ApiKey, ...] = ()
     rate_limit: RateLimit | None = None
     cors_origins: tuple[str, ...] = ()
@@ -83,6 +84,7 @@ class Settings:
             max_upload_bytes=reader.size("AADS_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_pixels=reader.integer("AADS_MAX_PIXELS", cls.max_pixels, low=1, high=2**40),
             max_batch_items=reader.integer("AADS_MAX_BATCH_ITEMS", cls.max_batch_items, low=1, high=10_000),
+            max_batch_body_bytes=reader.size("AADS_MAX_BATCH_BODY_BYTES", cls.max_batch_body_bytes),
             api_keys=_read_api_keys(env),
             rate_limit=reader.rate("AADS_RATE_LIMIT"),
             cors_origins=reader.origins("AADS_CORS_ORIGINS"),

@@ -1,0 +1,197 @@
+"""The service's lifecycle: load the model in the background, serve, drain on shutdown.
+
+    STARTING ──load + hash check + warm-up ok──► READY ──SIGTERM──► STOPPING
+        └──────────────any failure──────────────► FAILED
+
+`/health` answers in every state; `/ready` is 200 only in READY. Loading runs in a thread so
+the event loop keeps answering probes while weights load.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.batching import BatchStats, MicroBatcher
+from serving.errors import NotReady
+from serving.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, manifest_sha256
+from serving.metrics import ServiceMetrics
+from serving.settings import Settings
+
+log = logging.getLogger("serving.runtime")
+
+
+class Health(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+ALL_STATES = tuple(h.value for h in Health)
+
+
+class PipelineLike(Protocol):
+    """What the HTTP side needs from `serving.pipeline.Pipeline`."""
+
+    crops: dict[str, list[str]]
+    info: dict[str, Any]
+
+    def warmup(self) -> None: ...
+    def diagnose(self, images: list, crop_hints: list[str | None]) -> list: ...
+    def adapter_info(self, crop: str) -> dict: ...
+
+
+PipelineLoader = Callable[[Settings, Manifest], PipelineLike]
+
+
+def load_pipeline(settings: Settings, manifest: Manifest) -> PipelineLike:
+    """The real loader: `serving.pipeline.Pipeline.load` (imported here: it pulls in torch)."""
+    from serving.pipeline import Pipeline
+
+    return Pipeline.load(settings.model_dir, manifest, device=settings.device)
+
+
+def resolve_manifest_dir(path: Path) -> Path:
+    """`path` itself if it holds version.yaml, else its one sub-folder that does.
+
+    An image may mount the version folder itself or a folder holding it (`/app/version/<v>/`),
+    since the manifest loader checks that the folder is named after the version.
+    """
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if (p / MANIFEST_FILE).is_file())
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ManifestError(path, [f"holds {len(found)} versions ({', '.join(p.name for p in found)}); point AADS_MANIFEST_DIR at one"])
+    raise ManifestError(path, [f"{MANIFEST_FILE}: not found in {path} (set AADS_MANIFEST_DIR to the version folder)"])
+
+
+@dataclass(frozen=True)
+class DiagnoseItem:
+    image: Any  # PIL.Image.Image, decoded and checked by serving.images
+    crop_hint: str | None
+
+
+class Runtime:
+    """Holds the state, the manifest, the pipeline and its batcher for one app."""
+
+    def __init__(self, settings: Settings, loader: PipelineLoader, metrics: ServiceMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._loader = loader
+        self._lock = threading.Lock()
+        self.state = Health.STARTING
+        self.error: str | None = None
+        self.manifest: Manifest | None = None
+        self.manifest_sha256: str | None = None
+        self.pipeline: PipelineLike | None = None
+        self.batcher: MicroBatcher[DiagnoseItem, Any] | None = None
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.load_seconds: float | None = None
+        self._thread: threading.Thread | None = None
+        self.metrics.set_state(self.state.value, ALL_STATES)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _set_state(self, state: Health, error: str | None = None) -> None:
+        with self._lock:
+            if self.state is Health.STOPPING and state is not Health.STOPPING:
+                return  # a load that finishes during shutdown does not make us ready again
+            self.state, self.error = state, error
+        self.metrics.set_state(state.value, ALL_STATES)
+
+    def require_ready(self) -> PipelineLike:
+        """The pipeline, or NotReady (503) naming the state."""
+        pipeline = self.pipeline
+        if self.state is Health.READY and pipeline is not None:
+            return pipeline
+        raise NotReady(self.not_ready_message(), retry_after=5 if self.state is Health.STARTING else None)
+
+    def require_manifest(self) -> Manifest:
+        if self.manifest is None:
+            raise NotReady(self.not_ready_message(), retry_after=5 if self.state is Health.STARTING else None)
+        return self.manifest
+
+    def not_ready_message(self) -> str:
+        if self.state is Health.STARTING:
+            return "the model is still loading; retry shortly"
+        if self.state is Health.FAILED:
+            return f"the model failed to load: {self.error}"
+        if self.state is Health.STOPPING:
+            return "the service is shutting down"
+        return "not ready"
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def start_loading(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> Health:
+        """Block until loading ended (tests and tools); returns the state."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            version_dir = resolve_manifest_dir(self.settings.manifest_dir)
+            self.manifest = load_manifest(version_dir)
+            self.manifest_sha256 = manifest_sha256(version_dir)
+            log.info("manifest %s loaded from %s; loading model set from %s",
+                     self.manifest.version, version_dir, self.settings.model_dir)
+            pipeline = self._loader(self.settings, self.manifest)
+            pipeline.warmup()
+        except Exception as e:  # every failure ends in FAILED with its message, never a dead thread
+            message = str(e) or type(e).__name__
+            log.error("model load failed: %s: %s", type(e).__name__, message)
+            self._set_state(Health.FAILED, f"{type(e).__name__}: {message}")
+            return
+        self.load_seconds = time.perf_counter() - started
+        self.metrics.model_load_seconds.set(self.load_seconds)
+        info = pipeline.info
+        self.metrics.model_info.labels(
+            version=self.manifest.version,
+            family=str(info.get("family", self.manifest.backbone.family)),
+            model_id=self.manifest.backbone.model_id,
+            random_init=str(bool(info.get("random_init", False))).lower(),
+        ).set(1)
+        batcher: MicroBatcher[DiagnoseItem, Any] = MicroBatcher(
+            lambda items: pipeline.diagnose([i.image for i in items], [i.crop_hint for i in items]),
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_wait_ms / 1000.0,
+            queue_size=self.settings.queue_size,
+            on_batch=self._on_batch,
+        )
+        batcher.start()
+        self.metrics.track_queue_depth(lambda: batcher.queue_depth)
+        self.pipeline, self.batcher = pipeline, batcher
+        self.ready_at = time.time()
+        self._set_state(Health.READY)
+        log.info("ready: %s (%s) in %.1fs", self.manifest.version, info.get("family"), self.load_seconds)
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.metrics.observe_batch(stats.size, stats.seconds)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes 503 at once (SIGTERM); in-flight requests still finish."""
+        self._set_state(Health.STOPPING)
+
+    def stop(self) -> None:
+        """After the server drained its connections: finish queued batches, end the worker."""
+        self.begin_shutdown()
+        if self.batcher is not None and not self.batcher.stop(timeout=self.settings.graceful_timeout_s):
+            log.warning("batch worker still busy after %.0fs; exiting anyway", self.settings.graceful_timeout_s)
