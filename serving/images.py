@@ -108,7 +108,7 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
         )
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # a warning when made an error
         raise PayloadTooLarge(f"image has too many pixels ({e})", code="too_many_pixels") from None
     except UnidentifiedImageError:
         raise ImageError(
