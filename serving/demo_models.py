@@ -1,0 +1,240 @@
+"""Write a complete demo model set for a version (no real weights can be downloaded here).
+
+    python -m serving.demo_models --version-dir versions/v5.5.4-dinov3 --out build/models/v5.5.4-dinov3
+
+A small RANDOMLY INITIALIZED backbone of the version's family (the real architecture at a
+small size), a router, and one LoRA adapter per crop of the adapter spec, trained on the
+deterministic synthetic image set (serving.synthetic) with the manifest's training settings.
+For a version with dynamic blocks enabled, the exit threshold is calibrated on a separate
+synthetic calibration split and stored in model_set.json.
+
+An existing complete set whose stamp (manifest hash + build settings + this code) matches is
+reused, not rebuilt. `build_model_set(..., tiny=True)` makes a seconds-sized set for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from serving import synthetic
+from serving.backbones import EncoderView, random_backbone, save_backbone
+from serving.bundles import ModelLoadError, hash_tree, staged_directory, verify_hashes
+from serving.manifest import ManifestError, load_manifest, manifest_sha256
+from serving.pipeline import MODEL_SET_FILE, RANDOM_INIT_NOTICE, Pipeline
+from serving.preprocess import Preprocess
+from serving.router import train_router
+from serving.train import AdapterJob, features, list_image_folder, load_images, stratified_split, train_adapter
+
+Progress = Callable[[str, int, int], None]
+SET_FORMAT = 1
+
+# Sizes: the demo set must train in a few minutes on 2 CPU cores and still reach the accuracy
+# and OOD targets on held-out synthetic images; the tiny set only has to exercise every path.
+DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "image_size": {"dinov2": 112, "dinov3": 112},
+        "resize_size": 128, "canvas": 144, "per_class": 100, "calibration_per_class": 30, "epochs": None, "batch_size": None}
+TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": {"dinov2": 56, "dinov3": 64},
+        "resize_size": 72, "canvas": 80, "per_class": 10, "calibration_per_class": 4, "epochs": 2, "batch_size": 16}
+_STAMPED_SOURCES = ("backbones.py", "bundles.py", "demo_models.py", "dynamic_depth.py", "ood.py", "pipeline.py",
+                    "preprocess.py", "router.py", "synthetic.py", "train.py")
+
+
+def _stamp(version_dir: Path, cfg: dict, tiny: bool) -> str:
+    h = hashlib.sha256()
+    h.update(manifest_sha256(version_dir).encode())
+    h.update(json.dumps({"cfg": cfg, "tiny": tiny}, sort_keys=True).encode())
+    here = Path(__file__).parent
+    for name in _STAMPED_SOURCES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return h.hexdigest()
+
+
+def existing_set_matches(out_dir: Path, stamp: str) -> bool:
+    """A complete set with this stamp whose files all still match their hashes."""
+    try:
+        doc = json.loads((out_dir / MODEL_SET_FILE).read_text())
+        if doc.get("stamp") != stamp:
+            return False
+        verify_hashes(out_dir, doc["files"], f"model set {out_dir}")
+        return True
+    except (OSError, ValueError, KeyError, ModelLoadError):
+        return False
+
+
+def build_model_set(version_dir: str | Path, out_dir: str | Path, tiny: bool = False, force: bool = False,
+                    progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Build (or reuse) the demo model set of a version in out_dir; returns out_dir."""
+    version_dir, out_dir = Path(version_dir), Path(out_dir)
+    say = log or (lambda _msg: None)
+    manifest = load_manifest(version_dir)
+    family = manifest.backbone.family
+    cfg = dict(TINY if tiny else DEMO)
+    cfg["image_size"] = cfg["image_size"][family]
+    stamp = _stamp(version_dir, cfg, tiny)
+    if not force and existing_set_matches(out_dir, stamp):
+        say(f"reused the existing model set in {out_dir} (stamp {stamp[:12]} matches, every hash verified)")
+        return out_dir
+
+    t0 = time.perf_counter()
+    b = manifest.backbone
+    preprocess = Preprocess(family, cfg["image_size"], cfg["resize_size"], tuple(b.mean), tuple(b.std))
+    training = manifest.training.model_copy(update={k: cfg[k] for k in ("epochs", "batch_size") if cfg[k]})
+    crops = manifest.crops
+    data_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.synthetic-", dir=_ensure(out_dir.parent)))
+    try:
+        with staged_directory(out_dir) as tmp:
+            say(f"generating the synthetic image set ({cfg['per_class']} per class) in {data_root}")
+            synthetic.generate(data_root, crops, cfg["per_class"], seed=training.seed, size=cfg["canvas"],
+                               progress=_stage(progress, "synthetic images"))
+            size = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size")}
+            backbone = random_backbone(family, seed=training.seed, **size)
+            save_backbone(backbone, tmp / "backbone")
+
+            # Every image once, through the ImageFolder path that `python -m serving.train` uses.
+            per_crop: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            for crop, classes in crops.items():
+                paths, labels = list_image_folder(data_root / crop, classes)
+                per_crop[crop] = (load_images(paths, preprocess, _stage(progress, f"load {crop}")), torch.tensor(labels))
+
+            say("training the router (linear probe + OOD statistics on base-backbone features)")
+            view = EncoderView(backbone)
+            feats, crop_lab, fine_lab, fine_names = [], [], [], []
+            for ci, (crop, (imgs, labels)) in enumerate(per_crop.items()):
+                feats.append(features(view, imgs))
+                crop_lab.append(torch.full((len(labels),), ci))
+                fine_lab.append(labels + len(fine_names))
+                fine_names += [f"{crop}/{c}" for c in crops[crop]]
+            feats, crop_lab, fine_lab = torch.cat(feats), torch.cat(crop_lab), torch.cat(fine_lab)
+            tr_idx, ho_idx = stratified_split(fine_lab, training.holdout_fraction, training.seed)
+            router_metrics = train_router(
+                feats[tr_idx], crop_lab[tr_idx], fine_lab[tr_idx], feats[ho_idx], crop_lab[ho_idx], fine_lab[ho_idx],
+                list(crops), fine_names, manifest.adapter_spec.router_acceptance_rate, tmp / "router",
+                {"family": family, "random_init": True, "synthetic": True})
+            del backbone, view
+
+            adapter_metrics = {}
+            for crop, (imgs, labels) in per_crop.items():
+                say(f"training the {crop} adapter (LoRA r={manifest.adapter_spec.lora.rank} on "
+                    f"{'+'.join(manifest.adapter_spec.lora.target_modules)}, {training.epochs} epochs)")
+                job = AdapterJob(crop, crops[crop], family, tmp / "backbone", manifest.adapter_spec.lora, training,
+                                 manifest.adapter_spec.ood_acceptance_rate, random_init=True, synthetic=True)
+                adapter_metrics[crop] = train_adapter(job, imgs, labels, tmp / "adapters" / crop,
+                                                      _stage(progress, f"train {crop}"))
+            del per_crop
+
+            doc = {
+                "format": SET_FORMAT, "version": manifest.version, "family": family,
+                "model_id": b.model_id, "stands_for": b.model_id, "random_init": True, "synthetic": True,
+                "notice": RANDOM_INIT_NOTICE, "tiny": tiny,
+                "backbone_config": size, "preprocess": preprocess.to_dict(),
+                "training": training.model_dump(), "synthetic_set": {"per_class": cfg["per_class"], "seed": training.seed,
+                                                                    "canvas": cfg["canvas"]},
+                "metrics": {"router": router_metrics, "adapters": adapter_metrics},
+                "dynamic_depth": {"enabled": False},
+                "stamp": stamp,
+            }
+            _write_set_json(tmp, doc)
+            dyn = manifest.dynamic_blocks
+            if dyn.enabled:
+                say("calibrating the dynamic block count on a separate synthetic calibration split")
+                pipe = Pipeline.load(tmp, manifest, device="cpu")
+                calib = [synthetic.leaf_image(c, d, i, seed=training.seed + 1000, size=cfg["canvas"])
+                         for c, ds in crops.items() for d in ds for i in range(cfg["calibration_per_class"])]
+                result = pipe.calibrate_depth(calib)
+                doc["dynamic_depth"] = {"enabled": True, "min_blocks": pipe.policy.min_blocks,
+                                        "min_blocks_fraction": dyn.min_blocks_fraction,
+                                        "manifest_threshold": dyn.threshold, "target_agreement": dyn.target_agreement,
+                                        **result.to_dict()}
+                del pipe
+            doc["build_seconds"] = round(time.perf_counter() - t0, 1)
+            _write_set_json(tmp, doc)
+    finally:
+        shutil.rmtree(data_root, ignore_errors=True)
+    say(f"wrote {out_dir} in {time.perf_counter() - t0:.0f}s")
+    return out_dir
+
+
+def _write_set_json(directory: Path, doc: dict) -> None:
+    doc = {**doc, "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+           "files": hash_tree(directory, skip=(MODEL_SET_FILE,))}
+    (directory / MODEL_SET_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stage(progress: Progress | None, name: str) -> Callable | None:
+    if progress is None:
+        return None
+    return lambda *args: progress(name, *args[-2:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m serving.demo_models",
+        description="Write a demo model set for a version: a small randomly initialized backbone of the "
+                    "version's family, a crop router and one LoRA adapter per crop trained on a generated "
+                    "synthetic image set. Reuses an existing set whose stamp matches.")
+    ap.add_argument("--version-dir", required=True, type=Path, help="versions/<v>")
+    ap.add_argument("--out", required=True, type=Path, help="model set directory, e.g. build/models/<v>")
+    ap.add_argument("--tiny", action="store_true", help="seconds-sized set for tests (figures not meaningful)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if a matching set exists")
+    ap.add_argument("--json", action="store_true", help="print model_set.json's summary as JSON, no progress bar")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        if args.json:
+            build_model_set(args.version_dir, args.out, tiny=args.tiny, force=args.force,
+                            log=lambda m: print(m, file=sys.stderr))
+        else:
+            from rich.console import Console
+            from serving.train import _rich_progress
+
+            console = Console(stderr=True)
+            bar, update = _rich_progress()
+            with bar:
+                build_model_set(args.version_dir, args.out, tiny=args.tiny, force=args.force, progress=update,
+                                log=lambda m: bar.console.print(m))
+            console.print(_summary(args.out))
+        if args.json:
+            doc = json.loads((args.out / MODEL_SET_FILE).read_text())
+            doc.pop("files")
+            print(json.dumps(doc))
+    except (ManifestError, ModelLoadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the previous model set (if any) is unchanged", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _summary(out_dir: Path) -> str:
+    doc = json.loads((out_dir / MODEL_SET_FILE).read_text())
+    m = doc["metrics"]
+    lines = [f"{doc['version']} ({doc['family']}, randomly initialized, synthetic data): {out_dir}",
+             f"  router held-out crop accuracy {m['router']['heldout_crop_accuracy']:.3f}"]
+    for crop, a in m["adapters"].items():
+        lines.append(f"  {crop}: held-out accuracy {a['heldout_accuracy']:.3f}, OOD-accepted {a['heldout_accepted']:.3f}")
+    d = doc["dynamic_depth"]
+    if d.get("enabled"):
+        lines.append(f"  dynamic depth: threshold {d['threshold']:.6f}, agreement {d['agreement']:.3f}, "
+                     f"mean blocks {d['mean_blocks']:.2f}/{d['full_blocks']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

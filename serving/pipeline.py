@@ -1,0 +1,328 @@
+"""The model side of the service: load a model set, diagnose a batch of images.
+
+    pipe = Pipeline.load(Path("/models"), load_manifest("/app/version"))
+    pipe.warmup()
+    pipe.diagnose([image], [None])  ->  [Diagnosis(decision="accept", crop="tomato", ...)]
+
+One batched call serves many images. Images without a crop hint go through the router (base
+backbone, no adapter); then every crop group goes through its own LoRA adapter. The fields of
+a Diagnosis always carry the model's best guess; `decision` says whether to trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from serving import dynamic_depth
+from serving import ood as ood_mod
+from serving.backbones import EncoderView, choose_device_dtype, load_backbone
+from serving.bundles import ModelLoadError, read_bundle, verify_hashes
+from serving.manifest import Manifest
+from serving.preprocess import PATCH_SIZE, Preprocess
+from serving.router import Router
+from serving.train import OOD_FILE, load_head
+
+__all__ = ["Diagnosis", "ModelLoadError", "Pipeline", "MODEL_SET_FILE", "RANDOM_INIT_NOTICE"]
+
+MODEL_SET_FILE = "model_set.json"
+RANDOM_INIT_NOTICE = ("demo model: the backbone is randomly initialized (not pretrained DINO weights) and the "
+                      "adapters were trained on synthetic images; its diagnoses mean nothing for real plants")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    decision: str                    # "accept" | "review"
+    reason: str | None               # None | "not_a_supported_crop" | "unfamiliar_for_crop" | "low_confidence"
+    crop: str | None
+    crop_confidence: float | None    # router probability; None when the request named the crop
+    disease: str | None
+    confidence: float | None         # disease probability from the crop's head
+    ood_score: float | None          # adapter Mahalanobis distance / threshold (> 1 = unfamiliar)
+    router_ood_score: float | None   # router's, None when the router was skipped
+    blocks_used: int                 # encoder blocks run, max over the passes of this image
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Adapter:
+    crop: str
+    classes: list[str]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    ood: ood_mod.OODModel
+    meta: dict
+
+    def predict(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = (feats @ self.weight.T + self.bias).softmax(-1)
+        conf, idx = probs.max(-1)
+        return idx, conf, self.ood.scores(feats)
+
+
+def read_model_set(model_dir: Path) -> dict:
+    path = model_dir / MODEL_SET_FILE
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist (expected {path})")
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} is missing: {model_dir} is not a model set") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} cannot be read ({e})") from None
+    for key in ("version", "family", "preprocess", "files"):
+        if key not in doc:
+            raise ModelLoadError(f"{path} lacks {key!r}")
+    return doc
+
+
+class Pipeline:
+    def __init__(self, *, manifest: Manifest, model_set: dict, model_dir: Path, model, view: EncoderView,
+                 router: Router, adapters: dict[str, _Adapter], preprocess: Preprocess,
+                 policy: dynamic_depth.DepthPolicy, device: torch.device, dtype: torch.dtype, load_seconds: float):
+        self.manifest, self.model_set, self.model_dir = manifest, model_set, model_dir
+        self.model, self.view, self.router, self.adapters = model, view, router, adapters
+        self.preprocess, self.policy, self.device, self.dtype = preprocess, policy, device, dtype
+        self.crops: dict[str, list[str]] = {c: list(a.classes) for c, a in adapters.items()}
+        self.confidence_threshold = manifest.adapter_spec.confidence_threshold
+        dyn = model_set.get("dynamic_depth") or {}
+        self.info: dict = {
+            "version": model_set["version"], "family": model_set["family"],
+            "model_id": model_set.get("model_id", manifest.backbone.model_id),
+            "random_init": bool(model_set.get("random_init", False)),
+            "synthetic": bool(model_set.get("synthetic", False)),
+            "notice": RANDOM_INIT_NOTICE if model_set.get("random_init") else None,
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "num_blocks": view.num_layers, "hidden_size": view.hidden_size,
+            "preprocess": preprocess.to_dict(),
+            "dynamic_blocks": {"enabled": policy.enabled, "min_blocks": policy.min_blocks,
+                               "threshold": policy.threshold if policy.enabled else None,
+                               "calibrated_agreement": dyn.get("agreement"),
+                               "calibrated_mean_blocks": dyn.get("mean_blocks")},
+            "load_seconds": round(load_seconds, 3),
+            "model_set_created": model_set.get("created"),
+        }
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True) -> "Pipeline":
+        """Load and verify a model set (offline). Raises ModelLoadError naming the bad path."""
+        t0 = time.perf_counter()
+        model_dir = Path(model_dir)
+        doc = read_model_set(model_dir)
+        family = manifest.backbone.family
+        if doc["version"] != manifest.version:
+            raise ModelLoadError(f"{model_dir / MODEL_SET_FILE} is for version {doc['version']}, not {manifest.version}")
+        if doc["family"] != family:
+            raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: backbone family {doc['family']} does not match "
+                                 f"the manifest's {family}")
+        for part in ["backbone", "router"] + [f"adapters/{c}" for c in manifest.crops]:
+            if not (model_dir / part).is_dir():
+                raise ModelLoadError(f"model set {model_dir}: directory {model_dir / part} is missing")
+        if verify:
+            verify_hashes(model_dir, doc["files"], f"model set {model_dir}")
+        try:
+            pre = doc["preprocess"]
+            preprocess = Preprocess(family, int(pre["image_size"]), int(pre["resize_size"]),
+                                    tuple(pre.get("mean", manifest.backbone.mean)),
+                                    tuple(pre.get("std", manifest.backbone.std)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: bad preprocess section ({e})") from None
+        if int(pre.get("patch_size", PATCH_SIZE[family])) != PATCH_SIZE[family]:
+            raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: patch size {pre.get('patch_size')} is not {family}'s")
+
+        dev, dt = choose_device_dtype(device, manifest.backbone.dtype)
+        backbone = load_backbone(model_dir / "backbone", family, dev, dt)
+        router = Router.load(model_dir / "router")
+        if sorted(router.crops) != sorted(manifest.crops):
+            raise ModelLoadError(f"router in {model_dir / 'router'} knows crops {router.crops}, "
+                                 f"the manifest lists {list(manifest.crops)}")
+        backbone_sha = doc["files"].get("backbone/model.safetensors")
+        adapters: dict[str, _Adapter] = {}
+        model = None
+        for crop, classes in manifest.crops.items():
+            adir = model_dir / "adapters" / crop
+            meta = read_bundle(adir, kind="adapter")
+            if list(meta.get("classes", [])) != list(classes):
+                raise ModelLoadError(f"adapter {adir} has classes {meta.get('classes')}, the manifest lists {classes}")
+            if backbone_sha and meta.get("backbone_sha256") != backbone_sha:
+                raise ModelLoadError(f"adapter {adir} was trained on another backbone (backbone_sha256 differs)")
+            try:
+                if model is None:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(backbone, str(adir), adapter_name=crop, is_trainable=False)
+                else:
+                    model.load_adapter(str(adir), adapter_name=crop, is_trainable=False)
+                weight, bias = load_head(adir)
+                ood = ood_mod.OODModel.load(adir / OOD_FILE)
+            except Exception as e:
+                raise ModelLoadError(f"adapter {adir} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
+            adapters[crop] = _Adapter(crop, list(classes), weight, bias, ood, meta)
+        model = model.to(device=dev, dtype=dt).eval()
+        view = EncoderView(model)
+        dyn_cfg = manifest.dynamic_blocks
+        threshold = float((doc.get("dynamic_depth") or {}).get("threshold", dyn_cfg.threshold))
+        policy = dynamic_depth.DepthPolicy.from_fraction(dyn_cfg.enabled, dyn_cfg.min_blocks_fraction, threshold,
+                                                         view.num_layers)
+        return cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
+                   adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
+                   load_seconds=time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- serving
+    def warmup(self) -> None:
+        blank = Image.new("RGB", (self.preprocess.image_size, self.preprocess.image_size), (128, 128, 128))
+        self.diagnose([blank], [None])
+
+    def adapter_info(self, crop: str) -> dict:
+        if crop not in self.adapters:
+            raise KeyError(crop)
+        a = self.adapters[crop]
+        lora = a.meta.get("lora", {})
+        return {
+            "crop": crop, "classes": a.classes, "rank": lora.get("rank"), "alpha": lora.get("alpha"),
+            "dropout": lora.get("dropout"), "targets": lora.get("target_modules"),
+            "thresholds": {"confidence": self.confidence_threshold, "ood": a.meta.get("ood_thresholds"),
+                           "ood_acceptance_rate": a.meta.get("ood_acceptance_rate")},
+            "sha256": a.meta.get("files", {}), "backbone_sha256": a.meta.get("backbone_sha256"),
+            "metrics": a.meta.get("metrics", {}),
+            "random_init": bool(a.meta.get("random_init", self.info["random_init"])),
+            "synthetic": bool(a.meta.get("synthetic", self.info["synthetic"])),
+        }
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.preprocess.batch(images).to(self.device)
+
+    def diagnose(self, images: list[Image.Image], crop_hints: list[str | None],
+                 policy: dynamic_depth.DepthPolicy | None = None) -> list[Diagnosis]:
+        """Diagnose a batch. crop_hints[i] None: the router picks the crop; a crop name skips the router."""
+        if len(images) != len(crop_hints):
+            raise ValueError("images and crop_hints differ in length")
+        for hint in crop_hints:
+            if hint is not None and hint not in self.adapters:
+                raise ValueError(f"unknown crop_hint {hint!r}: supported crops are {', '.join(self.adapters)}")
+        if not images:
+            return []
+        policy = self.policy if policy is None else policy
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pixels = self._pixels(images)
+            t_pre = time.perf_counter()
+            n = len(images)
+            crops: list[str | None] = list(crop_hints)
+            crop_conf: list[float | None] = [None] * n
+            router_score: list[float | None] = [None] * n
+            blocks = [0] * n
+            routed = [i for i, h in enumerate(crop_hints) if h is None]
+            if routed:
+                with self.model.disable_adapter():
+                    feats, used = dynamic_depth.run(self.view, pixels[routed], policy)
+                idx, conf, score = self.router.predict(feats)
+                for j, i in enumerate(routed):
+                    crops[i] = self.router.crops[int(idx[j])]
+                    crop_conf[i], router_score[i] = float(conf[j]), float(score[j])
+                    blocks[i] = int(used[j])
+            t_router = time.perf_counter()
+            disease: list[str | None] = [None] * n
+            confidence: list[float | None] = [None] * n
+            ood_score: list[float | None] = [None] * n
+            for crop in dict.fromkeys(crops):
+                members = [i for i in range(n) if crops[i] == crop]
+                adapter = self.adapters[crop]
+                self.model.set_adapter(crop)
+                feats, used = dynamic_depth.run(self.view, pixels[members], policy)
+                idx, conf, score = adapter.predict(feats)
+                for j, i in enumerate(members):
+                    disease[i] = adapter.classes[int(idx[j])]
+                    confidence[i], ood_score[i] = float(conf[j]), float(score[j])
+                    blocks[i] = max(blocks[i], int(used[j]))
+            t_end = time.perf_counter()
+        timings = {"preprocess": round((t_pre - t0) * 1e3, 3), "router": round((t_router - t_pre) * 1e3, 3),
+                   "adapter": round((t_end - t_router) * 1e3, 3), "total": round((t_end - t0) * 1e3, 3)}
+        out = []
+        for i in range(n):
+            decision, reason = self._decide(router_score[i], ood_score[i], confidence[i])
+            out.append(Diagnosis(decision, reason, crops[i], crop_conf[i], disease[i], confidence[i], ood_score[i],
+                                 router_score[i], blocks[i], dict(timings)))
+        return out
+
+    def _decide(self, router_score: float | None, ood_score: float, confidence: float) -> tuple[str, str | None]:
+        if router_score is not None and router_score > 1.0:
+            return "review", "not_a_supported_crop"
+        if ood_score > 1.0:
+            return "review", "unfamiliar_for_crop"
+        if confidence < self.confidence_threshold:
+            return "review", "low_confidence"
+        return "accept", None
+
+    # ---------------------------------------------------------------- dynamic depth calibration
+    def calibrate_depth(self, images: list[Image.Image], target_agreement: float | None = None,
+                        batch_size: int = 64) -> dynamic_depth.Calibration:
+        """Lowest exit threshold whose routed decisions agree with full depth on >= target of `images`.
+
+        Traces every block once (router pass, then the full-depth crop's adapter pass) and replays
+        exits for each candidate threshold. An image whose early-exit crop differs from full depth
+        counts as a disagreement.
+        """
+        cfg = self.manifest.dynamic_blocks
+        target = cfg.target_agreement if target_agreement is None else target_agreement
+        min_blocks = dynamic_depth.DepthPolicy.from_fraction(True, cfg.min_blocks_fraction, 1.0,
+                                                             self.view.num_layers).min_blocks
+        num_layers = self.view.num_layers
+        r_feats, r_sims, a_feats, a_sims = [], [], [], []
+        with torch.inference_mode():
+            for b in range(0, len(images), batch_size):
+                px = self._pixels(images[b:b + batch_size])
+                with self.model.disable_adapter():
+                    f, s = dynamic_depth.trace(self.view, px)
+                r_feats.append(f.cpu())
+                r_sims.append(s.cpu())
+            r_feats, r_sims = torch.cat(r_feats, 1), torch.cat(r_sims, 1)
+            full_crop = self.router.predict(r_feats[-1])[0]
+            n = r_feats.shape[1]
+            a_feats = torch.empty(num_layers, n, self.view.feature_dim)
+            a_sims = torch.empty(num_layers, n)
+            for ci, crop in enumerate(self.router.crops):
+                members = (full_crop == ci).nonzero().flatten().tolist()
+                if not members:
+                    continue
+                self.model.set_adapter(crop)
+                for b in range(0, len(members), batch_size):
+                    sel = members[b:b + batch_size]
+                    f, s = dynamic_depth.trace(self.view, self._pixels([images[i] for i in sel]))
+                    a_feats[:, sel], a_sims[:, sel] = f.cpu(), s.cpu()
+
+        def decisions(r_blocks: torch.Tensor, a_blocks: torch.Tensor) -> list[tuple]:
+            rows = torch.arange(n)
+            rf, af = r_feats[r_blocks - 1, rows], a_feats[a_blocks - 1, rows]
+            cidx, _, rscore = self.router.predict(rf)
+            out = []
+            for i in range(n):
+                crop = self.router.crops[int(cidx[i])]
+                if int(cidx[i]) != int(full_crop[i]):
+                    out.append(("crop-changed", crop))
+                    continue
+                didx, conf, oscore = self.adapters[crop].predict(af[i:i + 1])
+                decision = self._decide(float(rscore[i]), float(oscore[0]), float(conf[0]))
+                out.append((*decision, crop, self.adapters[crop].classes[int(didx[0])]))
+            return out
+
+        full = decisions(torch.full((n,), num_layers), torch.full((n,), num_layers))
+
+        def evaluate(threshold: float) -> tuple[float, float]:
+            rb = dynamic_depth.exit_blocks(r_sims, min_blocks, threshold)
+            ab = dynamic_depth.exit_blocks(a_sims, min_blocks, threshold)
+            got = decisions(rb, ab)
+            agree = sum(g == f for g, f in zip(got, full)) / n
+            return agree, float(torch.maximum(rb, ab).float().mean())
+
+        candidates = dynamic_depth.candidate_thresholds(torch.cat([r_sims, a_sims], 1), min_blocks,
+                                                        extra=(cfg.threshold,))
+        return dynamic_depth.calibrate_threshold(evaluate, candidates, target, num_layers, n)
