@@ -278,6 +278,8 @@ async def _diagnose_one(rt: Runtime, item: DiagnoseItem, decode_ms: float) -> di
 def model_note(info: dict, model_id: str) -> str | None:
     """The sentence every answer of a stand-in model carries."""
     if info.get("random_init"):
+        if info.get("notice"):
+            return str(info["notice"])
         return (
             f"The backbone is randomly initialized (a stand-in with the architecture of {model_id}, "
             "not its trained weights); adapters were trained on synthetic images. "
