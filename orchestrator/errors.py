@@ -45,6 +45,12 @@ class TamperError(RegistryError):
     exit_code = 4
 
 
+class NoSpaceError(OrchestratorError):
+    """Not enough free disk space for the work asked (e.g. a backup archive); nothing was written."""
+
+    exit_code = 6
+
+
 class SwitchFailed(OrchestratorError):
     """A switch stopped; the live version kept serving (or was restored). The message says why."""
 
