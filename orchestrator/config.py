@@ -39,6 +39,8 @@ class ComposeTarget(_Strict):
     image_source: Literal["registry", "local"] = "registry"
     ready_timeout_s: float = Field(180, gt=0)
     watch_s: float = Field(5, ge=0)
+    # The watch window fails (and flips back) above this share of 5xx/failed requests through the edge.
+    watch_max_error_rate: float = Field(0.0, ge=0, le=1)
     gpu: Literal["auto", "on", "off"] = "auto"
 
 

@@ -1,9 +1,231 @@
-"""Commands of this area are added by register()."""
+"""Deploy commands: up, switch, rollback, status, history.
+
+Each asks the target's backend (compose or kubernetes, by the target's kind) and prints what it
+returns as a table, or as JSON with --json. Progress goes to stderr, so --json stays clean.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+from rich.table import Table
+
+from orchestrator.backends import get_backend
+from orchestrator.context import Context
+
+TARGET_HELP = "Deployment target from orchestrator.yaml (default: the config's default_target, `local`)."
+
+
+def _target_option(f):
+    return click.option("--target", "-t", metavar="NAME", help=TARGET_HELP)(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(f)
+
+
+def _wait_option(f):
+    return click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                        metavar="SECONDS",
+                        help="Wait this long for another switch on the target to finish (default: refuse at once).")(f)
+
+
+def _fmt_phases(phases: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.1f}s" for k, v in phases.items()) or "-"
+
+
+def _print_result(ctx: Context, res: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        ctx.emit_json(res)
+        return
+    colour = {"succeeded": "green", "noop": "cyan"}.get(res["outcome"], "red")
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("outcome", f"[{colour}]{res['outcome']}[/{colour}]")
+    t.add_row("target", res["target"])
+    t.add_row("from → to", f"{res.get('from_version') or '-'} → {res.get('to_version') or '-'}")
+    t.add_row("digest", res.get("digest") or "-")
+    t.add_row("slot", str(res.get("slot") or "-"))
+    if res.get("reason"):
+        t.add_row("reason", res["reason"])
+    if res.get("phases"):
+        total = sum(res["phases"].values())
+        t.add_row("phases", f"{_fmt_phases(res['phases'])}  (total {total:.1f}s)")
+    for it in res.get("interrupted") or []:
+        t.add_row("repaired", f"switch #{it['id']} ({it['action']} → {it['to_version']}, step {it['step']}): "
+                              f"{it['repair']}")
+    for r in res.get("repaired") or []:
+        t.add_row("drift", f"repaired: {r}")
+    ctx.stdout.print(t)
 
 
 def register(cli: click.Group) -> None:
-    pass
+    @cli.command("up")
+    @click.argument("version", required=False)
+    @_target_option
+    @_json_option
+    @click.pass_obj
+    def up_cmd(obj: Context, version: str | None, target: str | None, as_json: bool) -> None:
+        """Start the stack with a first live VERSION (default: the newest pushed version).
+
+        \b
+        Compose: builds the edge image if needed, starts the blue slot on the version's
+        repo@digest, waits for /ready, runs the golden smoke test, then starts the HAProxy edge
+        (127.0.0.1:8080 by default). Run again, it repairs what drifted and changes nothing else;
+        with another VERSION than the live one it switches to it.
+        """
+        _print_result(obj, get_backend(obj, target).up(version), as_json)
+
+    @cli.command("switch")
+    @click.argument("version")
+    @_target_option
+    @click.option("--keep-previous", is_flag=True,
+                  help="Keep the old slot running (warm) after the switch: a rollback is then an instant flip.")
+    @_wait_option
+    @_json_option
+    @click.pass_obj
+    def switch_cmd(obj: Context, version: str, target: str | None, keep_previous: bool, wait_s: float,
+                   as_json: bool) -> None:
+        """Make VERSION live with no failed request, or leave the live version serving.
+
+        \b
+        Steps (each shown on stderr, each recorded in the ledger):
+          resolve   version -> recorded digest; the registry tag must still point there
+          start     the idle slot on repo@digest
+          ready     GET /ready on the slot (timeout: the target's ready_timeout_s)
+          smoke     golden images must give the decisions recorded at build time
+          flip      edge (HAProxy runtime API): enable the new slot, drain the old one
+          confirm   GET /v1/version through the public edge names VERSION
+          watch     error rate through the edge for watch_s seconds; 5xx -> flip back
+          drain     the old slot finishes its requests and leaves the edge
+          stop      the old slot stops (unless --keep-previous)
+        A failure before the flip stops the candidate (exit 5); a failure after it flips back
+        (outcome 'reverted', exit 5). A switch to the live version does nothing and says so.
+        """
+        res = get_backend(obj, target).switch(version, keep_previous=keep_previous, wait_lock_s=wait_s)
+        _print_result(obj, res, as_json)
+
+    @cli.command("rollback")
+    @click.option("--to-version", metavar="VERSION", help="Go to this version instead of the previous live one.")
+    @_target_option
+    @_wait_option
+    @_json_option
+    @click.pass_obj
+    def rollback_cmd(obj: Context, to_version: str | None, target: str | None, wait_s: float,
+                     as_json: bool) -> None:
+        """Return to the previous live version (or --to-version).
+
+        When the previous slot is still warm (the switch ran with --keep-previous), this is an
+        instant flip in the edge; otherwise it is a full switch to the exact digest that ran before.
+        """
+        res = get_backend(obj, target).rollback(to_version, wait_lock_s=wait_s)
+        _print_result(obj, res, as_json)
+
+    @cli.command("status")
+    @_target_option
+    @_json_option
+    @click.pass_obj
+    def status_cmd(obj: Context, target: str | None, as_json: bool) -> None:
+        """Live version, digest, slot, health and since when; the previous version; drift.
+
+        Drift is any difference between the host and the ledger (a slot running an image the
+        ledger does not know, an edge sending traffic elsewhere): the next switch repairs it.
+        A switch left half-done by a killed orchestrator is reported and repaired here too.
+        """
+        st = get_backend(obj, target).status()
+        if as_json:
+            obj.emit_json(st)
+            return
+        _print_status(obj, st)
+
+    @cli.command("history")
+    @_target_option
+    @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="Show only the last N entries.")
+    @_json_option
+    @click.pass_obj
+    def history_cmd(obj: Context, target: str | None, limit: int | None, as_json: bool) -> None:
+        """Every up, switch and rollback on the target: when, from -> to, outcome, phases, who.
+
+        The success rate counts succeeded against failed, reverted and interrupted switches over
+        the shown range (no-ops are not counted). Digests that failed a switch are marked.
+        """
+        h = get_backend(obj, target).history(limit)
+        if as_json:
+            obj.emit_json(h)
+            return
+        _print_history(obj, h)
+
+
+def _print_status(ctx: Context, st: dict[str, Any]) -> None:
+    out = ctx.stdout
+    live = st.get("live")
+    title = f"target {st['target']} ({st['kind']}"
+    title += f", {st['compose']}" if st.get("compose") else ""
+    title += f", edge {st['edge']})" if st.get("edge") else ")"
+    out.print(f"[bold]{title}[/bold]")
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    if live:
+        health = live.get("health") or "-"
+        colour = "green" if health == "ready" else "red"
+        t.add_row("live", f"{live['version']}  (slot {live.get('slot') or '-'})")
+        t.add_row("digest", live.get("digest") or "-")
+        t.add_row("image", live.get("image") or "-")
+        t.add_row("since", live.get("since") or "-")
+        t.add_row("health", f"[{colour}]{health}[/{colour}]")
+    else:
+        t.add_row("live", "nothing is live (run `orchestrator up VERSION`)")
+    prev = st.get("previous")
+    if prev:
+        warm = " (warm)" if prev.get("warm") else ""
+        t.add_row("previous", f"{prev['version']}  slot {prev.get('slot') or '-'}{warm}")
+    out.print(t)
+    slots = st.get("slots") or []
+    if slots:
+        s = Table(title="slots", title_justify="left")
+        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "port", "image")
+                if any(k in x for x in slots)]
+        for k in keys:
+            s.add_column(k)
+        for x in slots:
+            s.add_row(*[str(x.get(k)) if x.get(k) is not None else "-" for k in keys])
+        out.print(s)
+    drift = st.get("drift") or []
+    if drift:
+        out.print("[bold yellow]drift[/bold yellow] (the next switch repairs it):")
+        for d in drift:
+            out.print(f"  - {d}")
+    else:
+        out.print("drift: none")
+    for it in st.get("interrupted") or []:
+        out.print(f"[yellow]repaired interrupted switch #{it['id']}[/yellow] ({it['action']} → {it['to_version']}, "
+                  f"step {it['step']}): {it['repair']}")
+    for it in st.get("switch_running") or []:
+        out.print(f"[cyan]switch #{it['id']} in progress[/cyan] ({it['action']} → {it['to_version']}, step {it['step']})")
+
+
+def _print_history(ctx: Context, h: dict[str, Any]) -> None:
+    entries = h.get("entries") or []
+    if not entries:
+        ctx.stdout.print(f"no switches on target {h.get('target')} yet")
+        return
+    t = Table(title=f"history of {h.get('target')}", title_justify="left")
+    for col in ("#", "at (UTC)", "action", "from → to", "outcome", "phases", "user", "reason"):
+        t.add_column(col, overflow="fold")
+    colours = {"succeeded": "green", "noop": "cyan", "running": "yellow", "interrupted": "yellow"}
+    for e in entries:
+        c = colours.get(e["outcome"], "red")
+        to = (e.get("to_version") or "-") + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
+        t.add_row(str(e.get("id", "")), (e.get("at") or "")[:19].replace("T", " "), e["action"],
+                  f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
+                  _fmt_phases(e.get("phases") or {}), e.get("user") or "-", e.get("reason") or "")
+    ctx.stdout.print(t)
+    rate = h.get("success_rate")
+    if rate is None:
+        ctx.stdout.print("success rate: no counted switches in this range")
+    else:
+        ctx.stdout.print(f"success rate: {rate:.0%} ({h.get('succeeded')}/{h.get('counted')} switches succeeded)")
+
