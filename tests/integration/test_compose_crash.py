@@ -1,0 +1,119 @@
+"""Crash safety of a compose switch: `kill -9` of the orchestrator at every step, and the lock.
+
+The switch sleeps right after entering the step named by AADS_PAUSE_AT_STEP (a test hook, see
+orchestrator/switchflow.py); the test waits until the ledger shows that step, then kills the
+process with SIGKILL. Throughout, a load generator sends requests through the edge from both kinds
+of client: none may fail. The next command (`status`) must report the half-done switch and repair
+it: back to the version the ledger says is live while the switch had not passed its watch window,
+forward to the candidate from `drain` on (flip, confirm and watch had all passed). Either way the
+switch is marked 'interrupted', the edge serves what the ledger says, and nothing drifts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.loadgen import LoadGenerator, LoadSpec
+from tests.integration.conftest_faults import (LIVE_VERSION, OTHER_VERSION, Stack, engine_client,  # noqa: F401
+                                               fault_session, kill9, make_stack, one_line_error)
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+STEPS = ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop", "finish"]
+FORWARD = {"drain", "stop", "finish"}            # the repair completes these switches forward
+CANDIDATE_SERVED = {"confirm", "watch"} | FORWARD  # the flip was done when the process died
+LOAD_RATE = 8
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, fault_session) -> Stack:
+    s = make_stack(tmp_path_factory.mktemp("crash"), name="crash", session_state_dir=fault_session.state_dir,
+                   registry=fault_session.repository, ready_timeout_s=240, watch_s=2)
+    try:
+        r = s.run("up", LIVE_VERSION)
+        assert r.returncode == 0, f"up failed: {r.stderr[-3000:]}"
+        yield s
+    finally:
+        s.down()
+
+
+def edge_load(stack: Stack) -> LoadGenerator:
+    return LoadGenerator(LoadSpec(url=f"{stack.edge_url}/v1/version", rate=LOAD_RATE, duration_s=900, clients=2,
+                                  timeout_s=10, track_key="version"))
+
+
+def the_other(version: str) -> str:
+    return OTHER_VERSION if version == LIVE_VERSION else LIVE_VERSION
+
+
+def assert_no_failed_request(result) -> None:
+    assert result.sent > 0
+    assert result.failed == 0, f"{result.failed}/{result.sent} failed through the edge: {result.failures()[:5]}"
+    for kind in ("fresh", "keepalive"):
+        assert result.kind(kind)["sent"] > 0 and result.kind(kind)["failed"] == 0
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_9_at_each_step_keeps_serving_and_the_next_command_repairs(stack, step):
+    was_live = stack.live().version
+    candidate = the_other(was_live)
+    with edge_load(stack) as load:
+        proc = stack.start("switch", candidate, env={"AADS_PAUSE_AT_STEP": step, "AADS_PAUSE_SECONDS": "120"})
+        sw = stack.wait_for_step(proc, step, timeout=400)
+        kill9(proc)
+        assert stack.running_switch().id == sw.id  # the ledger still shows it running: half done
+        r = stack.run("status", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"was interrupted at step {step}" in r.stderr
+    status = json.loads(r.stdout)
+    assert [(i["id"], i["step"]) for i in status["interrupted"]] == [(sw.id, step)]
+
+    assert_no_failed_request(load.result())
+    answers = set(load.result().answers())
+    assert answers <= ({was_live, candidate} if step in CANDIDATE_SERVED else {was_live}), answers
+
+    expected = candidate if step in FORWARD else was_live
+    repaired = stack.ledger().switch(sw.id)
+    assert repaired.outcome == "interrupted" and repaired.reason.startswith(f"at {step};"), repaired.reason
+    assert stack.live().version == expected
+    assert stack.edge_version() == expected
+    assert stack.running_switch() is None
+    again = stack.json("status")
+    assert again["drift"] == [] and again["interrupted"] == []
+    assert again["live"]["version"] == expected
+    history = stack.json("history")["entries"]
+    assert history[-1]["id"] == sw.id and history[-1]["outcome"] == "interrupted"
+
+
+def test_a_second_switch_is_refused_while_one_runs_and_kill_9_frees_the_lock(stack):
+    candidate = the_other(stack.live().version)
+    with edge_load(stack) as load:
+        first = stack.start("switch", candidate, env={"AADS_PAUSE_AT_STEP": "ready", "AADS_PAUSE_SECONDS": "120"})
+        sw = stack.wait_for_step(first, "ready", timeout=400)
+        second = stack.run("switch", candidate)
+        status_while = stack.json("status")
+        kill9(first)
+        after = stack.run("status", "--json")
+    assert second.returncode == 3
+    line = one_line_error(second.stderr)
+    assert f"pid {first.pid}" in line and "another switch is running" in line and "--wait" in line
+    assert [s["id"] for s in status_while["switch_running"]] == [sw.id]
+    assert after.returncode == 0 and "was interrupted at step ready" in after.stderr  # lock free again
+    assert_no_failed_request(load.result())
+
+
+def test_a_second_switch_with_wait_waits_for_the_first_then_finds_nothing_to_do(stack):
+    candidate = the_other(stack.live().version)
+    with edge_load(stack) as load:
+        first = stack.start("switch", candidate, env={"AADS_PAUSE_AT_STEP": "resolve", "AADS_PAUSE_SECONDS": "3"})
+        stack.wait_for_step(first, "resolve", timeout=60)
+        second = stack.run("switch", candidate, "--wait", "600", "--json")
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    result = json.loads(second.stdout)
+    assert result["outcome"] == "noop" and "already live" in result["reason"]
+    assert stack.live().version == candidate == stack.edge_version()
+    assert_no_failed_request(load.result())
