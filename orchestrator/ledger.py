@@ -261,6 +261,30 @@ class Ledger:
             push_id = cur.lastrowid
         return self._one(Push, "SELECT * FROM pushes WHERE id = ?", push_id)
 
+    def record_restore(self, *, build: dict[str, Any], push: dict[str, Any] | None) -> tuple[Build, Push | None]:
+        """A build (and its push) re-created from a backup archive, both or neither (one transaction).
+
+        `build` holds the Build fields but id; `push` the Push fields but id, build_id, pushed_at.
+        """
+        cols = ("version", "variant", "image_id", "manifest_sha256", "git_commit", "built_at", "build_seconds",
+                "size_bytes", "golden", "origin")
+        with self.transaction() as db:
+            row = {**build, "golden": json.dumps(build.get("golden") or [])}
+            cur = db.execute(f"INSERT INTO builds ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                             tuple(row.get(c) for c in cols))
+            build_id = cur.lastrowid
+            push_id = None
+            if push is not None:
+                cur = db.execute(
+                    "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (push["version"], build_id, push["repository"], push["tag"], push["digest"], now(),
+                     push["origin"]),
+                )
+                push_id = cur.lastrowid
+        recorded_push = self._one(Push, "SELECT * FROM pushes WHERE id = ?", push_id) if push_id else None
+        return self.build(build_id), recorded_push
+
     def latest_push(self, version: str) -> Push | None:
         return self._one(Push, "SELECT * FROM pushes WHERE version = ? ORDER BY id DESC LIMIT 1", version)
 
