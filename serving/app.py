@@ -65,5 +65,5 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     add_security_middleware(app, settings)
-    app.add_middleware(RequestRecorder, audit=audit or AuditLog(), metrics=metrics)
+    app.add_middleware(RequestRecorder, audit=audit or AuditLog(), metrics=metrics, routes=router.routes)
     return app

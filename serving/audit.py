@@ -14,7 +14,9 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import ServiceMetrics
@@ -33,9 +35,18 @@ class AuditLog:
         self.logger.info(json.dumps(line, separators=(",", ":"), default=str))
 
 
-def route_of(scope: Scope) -> str:
-    """The route template (`/v1/adapters/{crop}`), so metrics do not grow a label per crop or typo."""
+def route_of(scope: Scope, routes: Sequence[BaseRoute] = ()) -> str:
+    """The route template (`/v1/adapters/{crop}`), so metrics do not grow a label per crop or typo.
+
+    A request refused before routing (401, 429) is matched against `routes` here.
+    """
     route = scope.get("route")
+    if route is None:
+        for candidate in routes:
+            match, child = candidate.matches(scope)
+            if match is not Match.NONE:
+                route = child.get("route", candidate)
+                break
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
 
@@ -43,10 +54,11 @@ def route_of(scope: Scope) -> str:
 class RequestRecorder:
     """ASGI middleware: request id, audit line, request metrics; sees every answer (401s and 429s too)."""
 
-    def __init__(self, app: ASGIApp, audit: AuditLog, metrics: ServiceMetrics):
+    def __init__(self, app: ASGIApp, audit: AuditLog, metrics: ServiceMetrics, routes: Sequence[BaseRoute] = ()):
         self.app = app
         self.audit = audit
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,7 +87,7 @@ class RequestRecorder:
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
-            route = route_of(scope)
+            route = route_of(scope, self.routes)
             self.metrics.observe_request(scope["method"], route, status, seconds)
             client = scope.get("client")
             self.audit.record(

@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -171,7 +172,7 @@ async def diagnose(request: Request) -> JSONResponse:
     settings = rt.settings
     media = _media_type(request)
     if media == "multipart/form-data":
-        data, crop_hint, content_type = await _read_multipart(request, settings.max_upload_bytes + 64 * 1024)
+        data, crop_hint, content_type = await _read_multipart(request, _image_body_limit(settings, encoded=False))
         check_content_type(content_type)
         crop_hint = _check_crop_hint(rt, crop_hint)
         started = time.perf_counter()
@@ -179,7 +180,7 @@ async def diagnose(request: Request) -> JSONResponse:
             open_image, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
         )
     elif media == "application/json":
-        body = await _read_json(request, _base64_len(settings.max_upload_bytes) + 64 * 1024, DiagnoseRequest)
+        body = await _read_json(request, _image_body_limit(settings, encoded=True), DiagnoseRequest)
         crop_hint = _check_crop_hint(rt, body.crop_hint)
         started = time.perf_counter()
         image = await run_in_threadpool(
@@ -208,7 +209,7 @@ async def diagnose_batch(request: Request) -> JSONResponse:
     media = _media_type(request)
     if media != "application/json":
         raise _wrong_media(media, "application/json")
-    batch = await _read_json(request, settings.max_batch_body_bytes, BatchRequest)
+    batch = await _read_json(request, _batch_body_limit(settings), BatchRequest)
     n = len(batch.images)
     if n == 0:
         raise BadInput("images is empty: send at least one item", code="empty_batch")
@@ -306,23 +307,53 @@ def _base64_len(n: int) -> int:
     return 4 * math.ceil(n / 3)
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
+@dataclass(frozen=True)
+class BodyLimit:
+    """How many bytes a route reads, and how to say no: the error names the setting that limits it."""
+
+    max_bytes: int
+    code: str
+    explanation: str
+
+    def refuse(self, size: int | None = None) -> PayloadTooLarge:
+        sent = f"{size:,} bytes" if size is not None else f"over {self.max_bytes:,} bytes"
+        return PayloadTooLarge(f"request body is {sent}, over the limit: {self.explanation}", code=self.code)
+
+
+def _image_body_limit(settings, encoded: bool) -> BodyLimit:
+    size = _base64_len(settings.max_upload_bytes) if encoded else settings.max_upload_bytes
+    return BodyLimit(
+        size + 64 * 1024,
+        "image_too_large",
+        f"an image may be at most {settings.max_upload_bytes:,} bytes (AADS_MAX_UPLOAD_BYTES)",
+    )
+
+
+def _batch_body_limit(settings) -> BodyLimit:
+    return BodyLimit(
+        settings.max_batch_body_bytes,
+        "body_too_large",
+        f"a batch request may be at most {settings.max_batch_body_bytes:,} bytes (AADS_MAX_BATCH_BODY_BYTES)",
+    )
+
+
+def _check_declared_length(request: Request, limit: BodyLimit) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) == 0:
             raise EmptyBody("the request body is empty")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {int(declared):,} bytes, over the {limit:,} byte limit", code="body_too_large")
+        if int(declared) > limit.max_bytes:
+            raise limit.refuse(int(declared))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing it as soon as it passes `limit` bytes (also without Content-Length)."""
+async def _read_body(request: Request, limit: BodyLimit) -> bytes:
+    """The whole body, refusing it as soon as it passes the limit (also without Content-Length)."""
     _check_declared_length(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the {limit:,} byte limit", code="body_too_large")
+        if size > limit.max_bytes:
+            raise limit.refuse()
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body.strip():
@@ -330,7 +361,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-async def _read_json(request: Request, limit: int, model: type):
+async def _read_json(request: Request, limit: BodyLimit, model: type):
     body = await _read_body(request, limit)
     try:
         data = json.loads(body)
@@ -345,7 +376,7 @@ async def _read_json(request: Request, limit: int, model: type):
         raise BadInput(f"invalid request: {problems}", code="invalid_request") from None
 
 
-async def _read_multipart(request: Request, limit: int) -> tuple[bytes, str | None, str | None]:
+async def _read_multipart(request: Request, limit: BodyLimit) -> tuple[bytes, str | None, str | None]:
     """(image bytes, crop_hint, the part's declared content type) from a multipart body."""
     _check_declared_length(request, limit)
     capped = Request(request.scope, _capped_receive(request.receive, limit))
@@ -371,7 +402,7 @@ async def _read_multipart(request: Request, limit: int) -> tuple[bytes, str | No
         await form.close()
 
 
-def _capped_receive(receive, limit: int):
+def _capped_receive(receive, limit: BodyLimit):
     seen = 0
 
     async def receive_capped():
@@ -379,8 +410,8 @@ def _capped_receive(receive, limit: int):
         message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(f"request body is over the {limit:,} byte limit", code="body_too_large")
+            if seen > limit.max_bytes:
+                raise limit.refuse()
         return message
 
     return receive_capped

@@ -42,7 +42,8 @@ class Service:
 
 
 def settings_for(model_set, **overrides) -> Settings:
-    return Settings(model_dir=Path(model_set.path), manifest_dir=Path(model_set.version_dir), **overrides)
+    values = {"model_dir": Path(model_set.path), "manifest_dir": Path(model_set.version_dir), **overrides}
+    return Settings(**values)
 
 
 @contextlib.contextmanager
