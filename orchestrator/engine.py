@@ -18,6 +18,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from orchestrator.errors import EngineError
+from orchestrator.probe import health_failure
 
 SERVING_PORT = 8000
 
@@ -68,6 +69,10 @@ class Probe:
             last = tail[-1] if tail else "no output"
             return f"the container exited with code {state.get('ExitCode')} ({last})"
         return None
+
+    def problem(self) -> str | None:
+        """A reason to stop waiting for /ready: the container exited, or /health says loading failed."""
+        return self.exited() or health_failure(self.base_url)
 
     def logs(self, tail: int = 40) -> str:
         try:

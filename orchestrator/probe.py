@@ -41,6 +41,18 @@ def post_json(url: str, body: Any, timeout: float = 60.0) -> Any:
         raise ProbeError(f"POST {url} did not answer JSON") from None
 
 
+def health_failure(base_url: str) -> str | None:
+    """The service's own account of a failed start: /health answers state "failed" with an error."""
+    try:
+        r = requests.get(f"{base_url}/health", timeout=2)
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    except (requests.RequestException, ValueError):
+        return None
+    if isinstance(body, dict) and body.get("state") == "failed":
+        return f"loading failed: {body.get('error') or 'no reason given'}"
+    return None
+
+
 def wait_ready(base_url: str, timeout_s: float, abort: Callable[[], str | None] | None = None,
                interval_s: float = 0.25) -> float:
     """Poll GET {base_url}/ready until it answers 200; return the seconds that took.

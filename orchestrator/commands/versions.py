@@ -1,9 +1,292 @@
-"""Commands of this area are added by register()."""
+"""Version commands: new-version, build, push, list, show, verify, release."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
+from rich.table import Table
+
+from orchestrator.context import Context
+from orchestrator.errors import UsageError
+from orchestrator.ledger import Build, Push
+from orchestrator.resolve import known_version
+from serving.manifest import ManifestError, load_manifest, manifest_sha256, version_key
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+# ---- state of every version ------------------------------------------------------------------
+def _build_dict(b: Build | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"id": b.id, "variant": b.variant, "image_id": b.image_id, "manifest_sha256": b.manifest_sha256,
+            "git_commit": b.git_commit, "built_at": b.built_at, "build_seconds": b.build_seconds,
+            "size_bytes": b.size_bytes, "origin": b.origin, "golden": b.golden}
+
+
+def _push_dict(p: Push | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"id": p.id, "build_id": p.build_id, "repository": p.repository, "tag": p.tag, "digest": p.digest,
+            "image_ref": p.image_ref, "pushed_at": p.pushed_at, "origin": p.origin}
+
+
+def version_state(ctx: Context, version: str) -> dict[str, Any]:
+    """One version as list/show report it: manifest validity, latest build/push, live targets, marks."""
+    version_dir = ctx.config.versions_path / version
+    row: dict[str, Any] = {"version": version, "valid": True, "error": None, "backbone": None, "fallback": None,
+                           "manifest_sha256": None}
+    try:
+        manifest = load_manifest(version_dir)
+        row.update(backbone=f"{manifest.backbone.family}:{manifest.backbone.model_id}", fallback=manifest.fallback,
+                   manifest_sha256=manifest_sha256(version_dir))
+    except ManifestError as e:
+        row.update(valid=False, error="; ".join(e.errors))
+    ledger = ctx.ledger
+    build, push = ledger.latest_build(version), ledger.latest_push(version)
+    live = [lv.target for lv in ledger.all_live() if lv.version == version]
+    failed_marks = ledger.failed_digests()
+    failed = sorted({d for p in ledger.pushes(version) for d in [p.digest] if d in failed_marks})
+    state = "live" if live else "pushed" if push else "built" if build else "defined"
+    frozen_sha = ledger.build(push.build_id).manifest_sha256 if push else None
+    row.update(
+        state=state, live_on=live,
+        build=_build_dict(build), push=_push_dict(push),
+        failed_digests={d: [f"{m['target']}: {m['reason']}" for m in failed_marks[d]] for d in failed},
+        manifest_changed_since_push=bool(frozen_sha and row["manifest_sha256"] and frozen_sha != row["manifest_sha256"]),
+    )
+    return row
+
+
+def all_versions(ctx: Context) -> list[str]:
+    root = ctx.config.versions_path
+    if not root.is_dir():
+        raise UsageError(f"versions directory {root} does not exist")
+    names = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return sorted(names, key=version_key)
+
+
+def _short(digest: str | None, n: int = 19) -> str:
+    return digest[:n] if digest else "-"
+
+
+# ---- commands --------------------------------------------------------------------------------
+@click.command("new-version")
+@click.argument("name")
+@click.option("--from", "source", required=True, metavar="VERSION", help="existing version to start from")
+@pass_ctx
+def new_version_cmd(ctx: Context, name: str, source: str) -> None:
+    """Create versions/NAME/ from an existing version (NAME: vMAJOR.MINOR.PATCH-OPTIMIZATION).
+
+    The copy gets its own `version:` and `created:`, and `fallback:` names the source version.
+    Refuses an existing NAME. Edit the new version.yaml, then build it.
+    """
+    from orchestrator.newversion import new_version
+
+    path = new_version(ctx, name, source)
+    ctx.stdout.print(f"created {path} from {source}")
+    ctx.note(f"next: edit {path}/version.yaml (description, changes, backbone), then `orchestrator build {name}`")
+
+
+@click.command("build")
+@click.argument("version")
+@click.option("--variant", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cuda: CUDA torch from the package index; cpu: the local CPU torch wheel (CI, tests)")
+@click.option("--models", type=click.Path(path_type=Path), metavar="DIR",
+              help="model set to bake [default: <models_dir>/<version> from the config]")
+@click.option("--base-image", metavar="IMAGE",
+              help="FROM image [default: python:3.11-slim-bookworm for cuda (aads-base:bookworm where it "
+                   "cannot be pulled), aads-base:bookworm for cpu]")
+@click.option("--torch-wheel", type=click.Path(path_type=Path), metavar="FILE",
+              help="CPU torch wheel for --variant cpu [default: found in pip's find-links, or $AADS_TORCH_WHEEL]")
+@click.option("--no-cache", is_flag=True, help="build every layer again")
+@click.option("--no-golden", is_flag=True, help="skip recording golden outputs (verify and switches then fail)")
+@click.option("--json", "as_json", is_flag=True, help="print the build record as JSON")
+@pass_ctx
+def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, base_image: str | None,
+              torch_wheel: Path | None, no_cache: bool, no_golden: bool, as_json: bool) -> None:
+    """Build the image of VERSION and record it in the ledger.
+
+    Bakes the version's manifest and model set, starts the built image once to record its
+    decisions on the golden image set, then records version, image id, manifest sha256, git
+    commit, build time, size and variant. A version pushed under another manifest hash is
+    frozen and refused.
+    """
+    from orchestrator.build import build
+
+    b = build(ctx, version, variant=variant, models=models, base_image=base_image, torch_wheel=torch_wheel,
+              no_cache=no_cache, golden_outputs=not no_golden)
+    if as_json:
+        ctx.emit_json(_build_dict(b))
+    else:
+        ctx.stdout.print(f"{version}: build {b.id} {b.image_id[:19]} ({b.variant}, {(b.size_bytes or 0) / 1e6:.0f} MB, "
+                         f"{b.build_seconds:.1f}s)")
+
+
+@click.command("push")
+@click.argument("version")
+@click.option("--variant", type=click.Choice(["cuda", "cpu"]), help="push the latest build of this variant "
+              "[default: the latest build]")
+@click.option("--json", "as_json", is_flag=True, help="print the push record as JSON")
+@pass_ctx
+def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> None:
+    """Push the latest build of VERSION as <registry>:VERSION and record its digest.
+
+    A tag that already names another digest is never moved: the push is refused.
+    """
+    from orchestrator.push import push
+
+    record, new = push(ctx, version, variant=variant)
+    if as_json:
+        ctx.emit_json({**_push_dict(record), "new": new})
+    else:
+        ctx.stdout.print(f"{version}: {record.image_ref}" + ("" if new else " (already pushed)"))
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_ctx
+def list_cmd(ctx: Context, as_json: bool) -> None:
+    """Every version with its state: defined, built, pushed, or live (on which targets).
+
+    Digests a switch marked as failed are flagged.
+    """
+    rows = [version_state(ctx, v) for v in all_versions(ctx)]
+    if as_json:
+        ctx.emit_json(rows)
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("VERSION", "STATE", "BACKBONE", "BUILD", "DIGEST", "NOTES"):
+        table.add_column(col)
+    for r in rows:
+        b, p = r["build"], r["push"]
+        notes = []
+        if not r["valid"]:
+            notes.append(f"[red]invalid manifest[/]: {r['error'][:80]}")
+        if r["manifest_changed_since_push"]:
+            notes.append("[red]manifest changed after push (frozen)[/]")
+        for d, why in r["failed_digests"].items():
+            notes.append(f"[red]failed[/] {_short(d)} ({why[-1]})")
+        state = r["state"] + (f" on {', '.join(r['live_on'])}" if r["live_on"] else "")
+        table.add_row(r["version"], state, r["backbone"] or "-",
+                      f"{b['variant']} {b['image_id'][7:19]}" if b else "-", _short(p["digest"] if p else None),
+                      "; ".join(notes))
+    ctx.stdout.print(table)
+
+
+@click.command("show")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_ctx
+def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
+    """The manifest of VERSION with its build, push and deployment records."""
+    known_version(ctx, version)
+    manifest = load_manifest(ctx.config.versions_path / version)
+    state = version_state(ctx, version)
+    ledger = ctx.ledger
+    data = {
+        **state,
+        "manifest": manifest.model_dump(mode="json"),
+        "builds": [_build_dict(b) for b in ledger.builds(version)],
+        "pushes": [_push_dict(p) for p in ledger.pushes(version)],
+        "live": [vars(lv) for lv in ledger.all_live() if lv.version == version],
+    }
+    if as_json:
+        ctx.emit_json(data)
+        return
+    out = ctx.stdout
+    out.print(f"[bold]{version}[/]  {state['state']}" + (f" on {', '.join(state['live_on'])}" if state["live_on"] else ""))
+    out.print(f"  {' '.join(manifest.description.split())}")
+    bb = manifest.backbone
+    prev = f" (was {bb.previous.family}:{bb.previous.model_id})" if bb.previous else ""
+    out.print(f"  backbone        {bb.family}:{bb.model_id}{prev}")
+    out.print(f"  manifest sha256 {state['manifest_sha256']}")
+    out.print(f"  created         {manifest.created.isoformat()}   fallback: {manifest.fallback or '-'}")
+    dyn = manifest.dynamic_blocks
+    out.print(f"  dynamic blocks  {'on' if dyn.enabled else 'off'}"
+              + (f" (claimed latency reduction {dyn.claimed_latency_reduction})" if dyn.claimed_latency_reduction else ""))
+    t = manifest.training
+    out.print(f"  training        lr {t.learning_rate:g}, batch {t.batch_size}, epochs {t.epochs}")
+    out.print(f"  crops           {', '.join(f'{c} ({len(k)})' for c, k in manifest.crops.items())}")
+    out.print(f"  breaking        {', '.join(manifest.breaking_changes) or 'none'}")
+    out.print(f"  compatibility   {manifest.backward_compatibility}")
+    if state["manifest_changed_since_push"]:
+        out.print("  [red]the manifest changed after the version was pushed: make a new version[/]")
+    for title, rows, cols in (
+        ("builds", data["builds"], ("id", "variant", "image_id", "built_at", "size_bytes", "git_commit")),
+        ("pushes", data["pushes"], ("id", "build_id", "image_ref", "pushed_at")),
+        ("live", data["live"], ("target", "digest", "slot", "since")),
+    ):
+        if not rows:
+            out.print(f"  {title}: none")
+            continue
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for c in cols:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*[str(r.get(c) if r.get(c) is not None else "-")[:72] for c in cols])
+        out.print(table)
+    for d, why in state["failed_digests"].items():
+        out.print(f"  [red]failed digest[/] {d}: {'; '.join(why)}")
+
+
+@click.command("verify")
+@click.argument("version")
+@click.option("--no-start", is_flag=True, help="check registry, labels and user only; do not start the image")
+@click.option("--timeout", "timeout_s", type=float, default=300, show_default=True, help="seconds to wait for /ready")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+@pass_ctx
+def verify_cmd(ctx: Context, version: str, no_start: bool, timeout_s: float, as_json: bool) -> None:
+    """Check that VERSION's pushed image is still what was built.
+
+    The registry tag resolves to the recorded digest, the labels match the manifest, the image
+    runs as non-root, starts with a read-only root filesystem, becomes ready, and gives the
+    golden outputs recorded at build time. Exit 0 only when every check passes.
+    """
+    from orchestrator.verify import VerifyFailed, verify
+
+    known_version(ctx, version)
+    report = verify(ctx, version, start=not no_start, ready_timeout_s=timeout_s)
+    if as_json:
+        ctx.emit_json(report.to_dict())
+    else:
+        for c in report.checks:
+            mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+            ctx.stdout.print(f"{mark} {c.name:<9} {c.detail}")
+    if not report.ok:
+        raise VerifyFailed(f"{version} failed verification: {report.failures()}")
+
+
+@click.command("release")
+@click.argument("version")
+@click.option("--push", "push_tag", is_flag=True, help="also push the tag (starts the CI release workflow)")
+@click.option("--remote", default="origin", show_default=True, help="git remote for --push")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_ctx
+def release_cmd(ctx: Context, version: str, push_tag: bool, remote: str, as_json: bool) -> None:
+    """Create the annotated git tag VERSION once the version builds and verifies.
+
+    The tag message holds the manifest's description and sha256. A tag that already exists on
+    another commit is refused. Pushing the tag starts .github/workflows/release.yml, which
+    builds and pushes the version's image through the orchestrator.
+    """
+    from orchestrator.release import release
+
+    rel, _ = release(ctx, version, push=push_tag, remote=remote)
+    if as_json:
+        ctx.emit_json(vars(rel))
+        return
+    what = "created" if rel.created else "already exists"
+    ctx.stdout.print(f"tag {rel.tag} {what} on {rel.commit[:12]}" + (f", pushed to {remote}" if rel.pushed else ""))
+    if not rel.pushed:
+        ctx.note(f"next: `git push {remote} {rel.tag}` starts the release workflow")
+
+
+COMMANDS = (new_version_cmd, build_cmd, push_cmd, list_cmd, show_cmd, verify_cmd, release_cmd)
 
 
 def register(cli: click.Group) -> None:
-    pass
+    for command in COMMANDS:
+        cli.add_command(command)
