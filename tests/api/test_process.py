@@ -1,0 +1,108 @@
+"""`python -m serving` as a real process on a real socket: start-up, audit lines on stdout, SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import b64
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(model_set, port: int, **env) -> subprocess.Popen:
+    environment = {
+        **os.environ,
+        "AADS_HOST": "127.0.0.1",
+        "AADS_PORT": str(port),
+        "AADS_MODEL_DIR": str(model_set.path),
+        "AADS_MANIFEST_DIR": str(model_set.version_dir),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving"], cwd=REPO, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"service exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("service did not get ready")
+
+
+@pytest.fixture
+def process(tiny_model_set):
+    procs: list[subprocess.Popen] = []
+
+    def run(family: str, **env):
+        port = free_port()
+        proc = start_service(tiny_model_set(family), port, **env)
+        procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    yield run
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(process, leaf_png):
+    # A lone request waits up to 1.5 s for batch-mates: it is still in flight when SIGTERM arrives.
+    proc, base = process("dinov3", AADS_MAX_WAIT_MS="1500", AADS_MAX_BATCH_SIZE="8")
+    wait_ready(base, proc)
+    result: dict = {}
+
+    def in_flight():
+        result["response"] = httpx.post(f"{base}/v1/diagnose", json={"image": b64(leaf_png)}, timeout=30)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.5)
+    sent_at = time.time()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.TransportError):  # no longer accepting connections
+        httpx.get(f"{base}/health", timeout=2)
+    thread.join(30)
+    assert result["response"].status_code == 200
+    assert result["response"].json()["decision"] in ("accept", "review")
+    assert proc.wait(30) == 0
+    assert time.time() - sent_at < 20
+    stdout = proc.stdout.read()
+    audit = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert any(a["route"] == "/v1/diagnose" and a["status"] == 200 for a in audit)
+
+
+def test_a_bad_setting_stops_start_up_with_one_line(tiny_model_set):
+    proc = start_service(tiny_model_set("dinov2"), free_port(), AADS_MAX_UPLOAD_BYTES="huge")
+    assert proc.wait(60) == 2
+    err = proc.stderr.read().strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: AADS_MAX_UPLOAD_BYTES='huge'")
