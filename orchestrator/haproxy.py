@@ -175,6 +175,8 @@ def parse_servers_state(text: str, backend: str = BACKEND) -> dict[str, ServerSt
                 admin_state=int(row["srv_admin_state"]), weight=int(row["srv_uweight"]))
         except (KeyError, ValueError):
             raise EdgeError(f"cannot read `show servers state` line: {ln}") from None
+    if header is None:
+        raise EdgeError("`show servers state` answered without a header line")
     return out
 
 

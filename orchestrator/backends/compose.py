@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from docker.errors import APIError, DockerException, ImageNotFound
 
 from orchestrator import compose_cli, golden, haproxy, probe
 from orchestrator.config import ComposeTarget
@@ -243,12 +244,18 @@ class ComposeBackend:
             return cand.build.image_id
         try:
             self.client.images.get(cand.image_ref)
-        except Exception:
-            self.ctx.note(f"  pulling {short(cand.image_ref)}")
-            try:
-                self.client.images.pull(cand.image_ref)
-            except Exception as e:
-                raise RegistryError(f"cannot pull {cand.image_ref}: {getattr(e, 'explanation', None) or e}") from None
+            return cand.image_ref
+        except ImageNotFound:
+            pass
+        except DockerException as e:
+            raise EngineError(f"the Docker engine went away ({_reason(e)})") from None
+        self.ctx.note(f"  pulling {short(cand.image_ref)}")
+        try:
+            self.client.images.pull(cand.image_ref)
+        except APIError as e:
+            raise RegistryError(f"cannot pull {cand.image_ref}: {e.explanation or e}") from None
+        except DockerException as e:
+            raise EngineError(f"cannot pull {cand.image_ref}: the Docker engine went away ({_reason(e)})") from None
         return cand.image_ref
 
     def start_slot(self, slot: str, image: str) -> None:
@@ -522,7 +529,10 @@ class ComposeBackend:
                                                reason=f"{at}: {reason}")
         self.ctx.ledger.finish_switch(sw.id, outcome, f"{at}: {reason}")
         keeps = f"{live.version} keeps serving" if outcome == "failed" else f"back on {live.version}"
-        raise SwitchFailed(f"{sw.action} to {sw.to_version} {outcome} at {at}: {reason} ({keeps})") from None
+        err = SwitchFailed(f"{sw.action} to {sw.to_version} {outcome} at {at}: {reason} ({keeps})")
+        if isinstance(e, (UsageError, TamperError)):
+            err.exit_code = e.exit_code  # bad input or tampering keeps its own exit code
+        raise err from None
 
     def _cleanup_quietly(self, fn) -> None:
         try:

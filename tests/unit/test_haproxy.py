@@ -1,0 +1,163 @@
+"""The HAProxy runtime client: argv, config rendering and the parsers, on answers captured from
+the edge image's HAProxy 2.6 (no engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import haproxy
+from orchestrator.haproxy import EdgeError, EdgeRuntime
+
+TEMPLATE = (Path(__file__).resolve().parents[2] / "images" / "edge" / "haproxy.cfg.tmpl").read_text()
+
+# `show servers state slots` with blue live and green never started (address unresolved).
+SERVERS_STATE = '1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 slots 1 blue 172.20.0.3 2 0 1 1 3 15 3 2 6 0 0 0 blue 8000 - 0 0 - - 0\n3 slots 2 green - 0 37 1 1 3 1 0 0 14 0 0 0 green 8000 - 0 0 - - 0\n\n'
+
+# `show stat` after one request through the edge to blue.
+SHOW_STAT = '# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out,\npublic,FRONTEND,,,0,1,9985,1,83,176,0,0,0,,,,,OPEN,,,,,,,,,1,2,0,,,,0,1,0,1,,,,0,1,0,0,0,0,,1,1,1,,,0,0,0,0,,,,,,,,,,,,,,,,,,,,,http,,1,1,1,0,0,0,0,,,0,0,,,,,,,0,,,,,,,,,-,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1,1,80,177,0,0,\nslots,blue,0,0,0,1,,1,83,176,,0,,0,0,0,0,UP,1,1,0,0,0,4,0,,1,3,1,,1,,2,1,,1,L7OK,200,7,0,1,0,0,0,0,,,,1,0,0,,,,,1,,,0,0,1,1,,,,Layer7 check passed,,1,2,2,,,,172.20.0.3:8000,,http,,,,,,,,0,1,0,,,1,,0,0,1,1,0,1,0,0,1,1,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,\nslots,green,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT (resolution),1,1,0,0,0,4,4,,1,3,2,,0,,2,0,,0,,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,,,,,,,,,,http,,,,,,,,0,0,0,,,0,,0,0,0,0,0,0,0,0,0,1,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,\nslots,BACKEND,0,0,0,1,999,1,83,176,0,0,,0,0,0,0,UP,1,1,0,,0,4,0,,1,3,0,,1,,1,1,,1,,,,0,1,0,0,0,0,,,,1,0,0,0,0,0,0,1,,,0,0,1,1,,,,,,,,,,,,,,http,roundrobin,,,,,,,0,1,0,0,0,,,0,0,1,1,0,,,,,1,0,0,0,-,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1,0,5,5,864,172,0,0,\n\n'
+
+
+def test_runtime_argv_passes_the_commands_as_one_argument():
+    argv = haproxy.runtime_argv(["set server slots/green state ready", "show stat"])
+    assert argv[:2] == ["sh", "-c"]
+    assert "socat" in argv[2] and "unix-connect:/tmp/haproxy-admin.sock" in argv[2]
+    # the command text is a positional parameter ($1), never spliced into the shell script
+    assert argv[3:] == ["sh", "set server slots/green state ready; show stat"]
+
+
+@pytest.mark.parametrize("bad", [[], ["show stat\nshutdown sessions"]])
+def test_runtime_argv_refuses_empty_or_multiline(bad):
+    with pytest.raises(ValueError):
+        haproxy.runtime_argv(bad)
+
+
+def test_command_builders():
+    assert haproxy.enable_commands("green") == ["set server slots/green state ready"]
+    assert haproxy.drain_commands("blue") == ["set server slots/blue state drain"]
+    assert haproxy.disable_commands("blue") == ["set server slots/blue state maint"]
+    assert haproxy.weight_commands("blue", 0) == ["set weight slots/blue 0"]
+    assert haproxy.addr_commands("green", "172.18.0.5") == ["set server slots/green addr 172.18.0.5 port 8000"]
+    with pytest.raises(ValueError):
+        haproxy.enable_commands("red")
+    with pytest.raises(ValueError):
+        haproxy.weight_commands("blue", 300)
+
+
+@pytest.mark.parametrize("live", ["blue", "green", None])
+def test_render_config_enables_only_the_live_slot(live):
+    text = haproxy.render_config(TEMPLATE, live)
+    assert haproxy.config_live_slot(text) == live
+    servers = [ln.split() for ln in text.splitlines() if ln.strip().startswith("server ")]
+    assert [s[1] for s in servers] == ["blue", "green"]
+    for s in servers:
+        assert ("disabled" in s) == (s[1] != live)
+    assert "${" not in text
+
+
+def test_render_config_refuses_an_unknown_slot():
+    with pytest.raises(ValueError):
+        haproxy.render_config(TEMPLATE, "red")
+
+
+def test_write_config_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "edge" / "haproxy.cfg"
+    haproxy.write_config(path, "one\n")
+    haproxy.write_config(path, "two\n")
+    assert path.read_text() == "two\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in path.parent.iterdir()] == ["haproxy.cfg"]  # no temp file left
+
+
+def test_parse_servers_state():
+    servers = haproxy.parse_servers_state(SERVERS_STATE)
+    assert set(servers) == {"blue", "green"}
+    blue, green = servers["blue"], servers["green"]
+    assert blue.addr == "172.20.0.3" and blue.up and not blue.maint and blue.serving
+    assert not green.up and green.maint and not green.serving  # FMAINT|CMAINT|RMAINT = 37
+    assert green.admin_state == 37
+
+
+def test_cmaint_alone_does_not_count_as_maintenance():
+    # A server "disabled" in the file and enabled at runtime keeps the CMAINT bit but serves.
+    st = haproxy.ServerState("green", "172.18.0.4", op_state=2, admin_state=haproxy.ADMF_CMAINT, weight=1)
+    assert st.serving
+    assert not haproxy.ServerState("green", "x", 2, haproxy.ADMF_FDRAIN, 1).serving
+    assert not haproxy.ServerState("green", "x", 2, 0, 0).serving
+
+
+@pytest.mark.parametrize("answer", ["", "Unknown command", "1\n"])
+def test_parse_servers_state_refuses_garbage(answer):
+    with pytest.raises(EdgeError):
+        haproxy.parse_servers_state(answer)
+
+
+def test_parse_stat():
+    stats = haproxy.parse_stat(SHOW_STAT)
+    assert set(stats) == {"blue", "green"}
+    assert stats["blue"].status == "UP" and stats["blue"].check_status == "L7OK"
+    assert stats["blue"].total_sessions == 1 and stats["blue"].http_total == 1 and stats["blue"].http_5xx == 0
+    assert stats["green"].status.startswith("MAINT")
+    with pytest.raises(EdgeError):
+        haproxy.parse_stat("No such backend.\n")
+
+
+@pytest.mark.parametrize("answer, ok", [
+    ("", True),
+    ("\n\n", True),
+    ("IP changed from '172.19.0.3' to '10.0.0.9', no need to change the port by 'stats socket command'\n", True),
+    ("No such server.\n", False),
+    ("Unknown command, but maybe one of the following ones is a better match:\n  add acl\n", False),
+])
+def test_check_answer(answer, ok):
+    if ok:
+        haproxy.check_answer(["x"], answer)
+    else:
+        with pytest.raises(EdgeError, match="edge refused"):
+            haproxy.check_answer(["x"], answer)
+
+
+class FakeEdge:
+    """Plays HAProxy's runtime API for the runner: records commands, answers from a state table."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.state = {"blue": (2, 0), "green": (0, 37)}   # op_state, admin_state
+
+    def __call__(self, argv):
+        line = argv[-1]
+        self.calls.append(line)
+        if line.startswith("show servers state"):
+            rows = [f"3 slots {i} {n} 10.0.0.{i} {op} {adm} 1 1 0 0 0 0 0 0 0 0 {n} 8000 - 0 0 - - 0"
+                    for i, (n, (op, adm)) in enumerate(self.state.items(), 1)]
+            return 0, SERVERS_STATE.splitlines()[0] + "\n" + SERVERS_STATE.splitlines()[1] + "\n" + "\n".join(rows) + "\n"
+        if line == "show stat":
+            return 0, SHOW_STAT
+        words = line.split()
+        slot = words[2].split("/")[1]
+        if words[-1] == "ready":
+            self.state[slot] = (2, self.state[slot][1] & haproxy.ADMF_CMAINT)
+        elif words[-1] == "drain":
+            self.state[slot] = (2, haproxy.ADMF_FDRAIN)
+        elif words[-1] == "maint":
+            self.state[slot] = (0, haproxy.ADMF_FMAINT)
+        return 0, "\n"
+
+
+def test_flip_enables_the_new_slot_before_it_drains_the_old_one():
+    fake = FakeEdge()
+    rt = EdgeRuntime(fake)
+    assert rt.serving_slots() == ["blue"]
+    times = rt.flip("green", "blue")
+    sets = [c for c in fake.calls if c.startswith("set ")]
+    assert sets == ["set server slots/green state ready", "set server slots/blue state drain",
+                    "set server slots/blue state maint"]
+    assert rt.serving_slots() == ["green"]
+    assert set(times) == {"flip", "drain"}
+
+
+def test_a_failing_exec_is_one_clear_error():
+    rt = EdgeRuntime(lambda argv: (126, "OCI runtime exec failed: container not running\n"))
+    with pytest.raises(EdgeError, match="exit 126"):
+        rt.servers()
