@@ -54,5 +54,8 @@ bench-backbones: install  ## DINOv3 vs DINOv2 latency/throughput/memory, dynamic
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_dynamic_depth.py
 
+bench-switch: images  ## switch + rollback under load through the edge (own stack; docs/benchmarks.md)
+	$(PY) benchmarks/bench_switch.py
+
 clean:  ## remove build outputs (not the ledger)
 	rm -rf build

@@ -1,0 +1,252 @@
+"""`make bench-switch`: blue/green switch and rollback on compose, under constant load.
+
+Brings up a stack of its own (compose project `aadsbench-<random>`, edge and slots on free
+127.0.0.1 ports, a copy of the project ledger in a temp state dir, so neither the operator's stack
+nor its history is touched), then runs, each under a load generator sending requests through the
+edge from both kinds of client (a new connection per request, and kept-alive connections):
+
+  1. cold switch  v5.5.3 -> v5.5.4 --keep-previous   (candidate started from nothing)
+  2. warm rollback          -> v5.5.3                (the previous slot is still running)
+  3. cold switch  v5.5.3 -> v5.5.4                   (old slot drained and stopped)
+  4. cold rollback          -> v5.5.3                (previous slot was stopped)
+
+For each: requests sent and failed per client kind (target: zero failed), the phases the
+orchestrator recorded (resolve, start, ready, smoke, flip, confirm, watch, drain, stop), the
+command's wall time, and when the load first saw the new version answer. Results go to
+docs/benchmarks/switch.json and the "## Compose switch" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from benchmarks.loadgen import LoadGenerator, LoadSpec  # noqa: E402
+
+OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
+SECTION = "## Compose switch"
+RUNS = [  # (label, argv, from, to)
+    ("cold switch, --keep-previous", ["switch", NEW, "--keep-previous"], OLD, NEW),
+    ("warm rollback", ["rollback"], NEW, OLD),
+    ("cold switch", ["switch", NEW], OLD, NEW),
+    ("cold rollback", ["rollback"], NEW, OLD),
+]
+PHASES = ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop", "finish"]
+
+
+def say(msg: str) -> None:
+    print(f"bench-switch: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    cores = os.cpu_count() or 0
+    try:
+        mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{mem_kib / 1024 / 1024:.0f} GiB"
+    except (OSError, AttributeError):
+        mem = "? GiB"
+    gpu = "GPU" if shutil.which("nvidia-smi") and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0 else "CPU only"
+    return f"{cores}-core {platform.machine()} VM, {mem}, {gpu}"
+
+
+class BenchStack:
+    def __init__(self, work: Path, *, watch_s: float, compose: str | None):
+        from orchestrator import config as config_mod
+
+        project_cfg = config_mod.load(os.environ.get("AADS_CONFIG"))
+        src_ledger = project_cfg.state_path / "ledger.sqlite3"
+        if not src_ledger.is_file():
+            raise SystemExit(f"error: no ledger at {src_ledger}: run `make images` first (builds and pushes both versions)")
+        self.work = work
+        self.target = "bench"
+        self.project = f"aadsbench-{secrets.token_hex(3)}"
+        self.edge_port = free_port()
+        state = work / "state"
+        state.mkdir(parents=True)
+        src, dst = sqlite3.connect(src_ledger), sqlite3.connect(state / "ledger.sqlite3")
+        src.backup(dst)
+        src.close()
+        dst.close()
+        self.config = work / "orchestrator.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "registry": project_cfg.registry, "state_dir": str(state),
+            "versions_dir": str(project_cfg.versions_path.resolve()),
+            "models_dir": str(project_cfg.models_path.resolve()), "default_target": self.target,
+            "targets": {self.target: {
+                "kind": "compose", "project": self.project,
+                "compose_file": str(ROOT / "compose" / "compose.yaml"), "edge_host": "127.0.0.1",
+                "edge_port": self.edge_port, "blue_port": free_port(), "green_port": free_port(),
+                "watch_s": watch_s}},
+        }, sort_keys=False))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AADS_")}
+        self.env.update({"AADS_CONFIG": str(self.config), "HF_HUB_OFFLINE": "1"})
+        if compose:
+            self.env["AADS_COMPOSE"] = compose
+
+    def orchestrator(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "orchestrator", *args], env=self.env, cwd=self.work,
+                           capture_output=True, text=True, timeout=1200)
+        return r, time.monotonic() - start
+
+    def json(self, *args: str) -> Any:
+        r, _ = self.orchestrator(*args, "--json")
+        if r.returncode != 0:
+            raise RuntimeError(f"orchestrator {' '.join(args)} failed: {r.stderr.strip().splitlines()[-1:]}")
+        return json.loads(r.stdout)
+
+    def down(self) -> None:
+        import docker
+
+        client = docker.from_env()
+        label = {"label": f"com.docker.compose.project={self.project}"}
+        for c in client.containers.list(all=True, filters=label):
+            c.remove(force=True, v=True)
+        for n in client.networks.list(filters=label):
+            n.remove()
+
+
+def run_one(stack: BenchStack, label: str, argv: list[str], old: str, new: str, *, rate: float,
+            clients: int, path: str) -> dict[str, Any]:
+    say(f"{label}: orchestrator {' '.join(argv)} under {rate:g} req/s per client kind")
+    spec = LoadSpec(url=f"http://127.0.0.1:{stack.edge_port}{path}", rate=rate, duration_s=900, clients=clients,
+                    timeout_s=10, track_key="version")
+    with LoadGenerator(spec) as load:
+        time.sleep(2)  # steady load before the command starts
+        t_cmd = time.monotonic() - load.t0
+        r, wall = stack.orchestrator(*argv, "--json")
+        time.sleep(2)  # and after it ends
+    result = load.result()
+    if r.returncode != 0:
+        raise RuntimeError(f"{label} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    out = json.loads(r.stdout)
+    first_new = next((s.t for s in result.samples if s.ok and s.answer == new), None)
+    last_old = max((s.t for s in result.samples if s.ok and s.answer == old), default=None)
+    phases = out.get("phases") or {}
+    to_traffic = sum(phases.get(p, 0.0) for p in ("resolve", "start", "ready", "smoke", "flip"))
+    return {
+        "label": label, "command": "orchestrator " + " ".join(argv), "from": old, "to": new,
+        "outcome": out.get("outcome"), "warm": out.get("warm"),
+        "wall_s": round(wall, 2), "phases": phases,
+        "to_traffic_s": round(to_traffic, 3),
+        "flip_plus_drain_s": round(phases.get("flip", 0.0) + phases.get("drain", 0.0), 3),
+        "load_saw_new_after_s": None if first_new is None else round(first_new - t_cmd, 2),
+        "load_saw_old_until_s": None if last_old is None else round(last_old - t_cmd, 2),
+        "load": {k: result.kind(k) for k in spec.kinds},
+        "sent": result.sent, "failed": result.failed,
+        "failures": result.failures(10),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [SECTION, "",
+             f"`{report['command']}` — {report['machine']}, {report['compose']}, {report['date']}.",
+             f"Load: GET `{report['path']}` through the HAProxy edge, {report['rate']:g} req/s per client kind "
+             f"({report['clients']} threads each): *fresh* = a new connection per request, *keep-alive* = "
+             f"one connection held across requests. Watch window {report['watch_s']:g} s. "
+             "JSON: `docs/benchmarks/switch.json`.", "",
+             "| run | fresh sent / failed | keep-alive sent / failed | command wall s | to traffic s "
+             "| flip + drain s | load saw the new version after s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["runs"]:
+        f, k = r["load"]["fresh"], r["load"]["keepalive"]
+        lines.append(f"| {r['label']} ({r['from']} → {r['to']}) | {f['sent']} / {f['failed']} | "
+                     f"{k['sent']} / {k['failed']} | {r['wall_s']:.2f} | {r['to_traffic_s']:.2f} | "
+                     f"{r['flip_plus_drain_s']:.2f} | {r['load_saw_new_after_s']} |")
+    lines += ["", "Phases (seconds, as the ledger recorded them):", "",
+              "| run | " + " | ".join(PHASES) + " |", "| --- |" + " --- |" * len(PHASES)]
+    for r in report["runs"]:
+        lines.append(f"| {r['label']} | " + " | ".join(
+            f"{r['phases'][p]:.2f}" if p in r["phases"] else "–" for p in PHASES) + " |")
+    warm = next(r for r in report["runs"] if r["label"] == "warm rollback")
+    cold = next(r for r in report["runs"] if r["label"] == "cold switch")
+    lines += ["",
+              f"Targets: zero failed requests — {report['failed_total']} failed of {report['sent_total']}; "
+              f"rollback to a warm previous slot < 2 s to traffic — {warm['to_traffic_s']:.2f} s "
+              f"(the command then watches for {report['watch_s']:g} s and drains); flip + drain < 2 s in a cold "
+              f"switch — {cold['flip_plus_drain_s']:.2f} s.",
+              "\"To traffic\" sums resolve, start, ready, smoke and flip: the time until the edge sends every new "
+              "request to the new slot. \"Command wall\" includes the CLI's start-up and the watch window.", ""]
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, text: str) -> None:
+    """Replace our own section of docs/benchmarks.md (or append it); other sections stay as they are."""
+    old = doc.read_text() if doc.is_file() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " See the module doc for the runs.")
+    p.add_argument("--rate", type=float, default=10.0, help="requests/s per client kind (default 10)")
+    p.add_argument("--clients", type=int, default=2, help="threads per client kind (default 2)")
+    p.add_argument("--path", default="/v1/version", help="request path through the edge (default /v1/version)")
+    p.add_argument("--watch", type=float, default=5.0, help="the target's watch window in s (default 5)")
+    p.add_argument("--compose", choices=["v1", "v2"], help="force a compose CLI (default: what the host has, v2 first)")
+    p.add_argument("--json-out", default=str(ROOT / "docs" / "benchmarks" / "switch.json"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="aads-bench-switch-"))
+    stack = BenchStack(work, watch_s=args.watch, compose=args.compose)
+    say(f"stack {stack.project}, edge on 127.0.0.1:{stack.edge_port}, state in {work}")
+    try:
+        r, wall = stack.orchestrator("up", OLD, "--json")
+        if r.returncode != 0:
+            say(f"up failed: {r.stderr.strip().splitlines()[-1:]}")
+            return 1
+        say(f"up {OLD}: {wall:.1f}s")
+        status = stack.json("status")
+        runs = [run_one(stack, label, argv, old, new, rate=args.rate, clients=args.clients, path=args.path)
+                for label, argv, old, new in RUNS]
+    finally:
+        stack.down()
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "command": "make bench-switch" + (f" (benchmarks/bench_switch.py {' '.join(argv or sys.argv[1:])})"
+                                          if (argv or sys.argv[1:]) else ""),
+        "machine": machine(), "compose": status.get("compose"),
+        "date": time.strftime("%Y-%m-%d"), "rate": args.rate, "clients": args.clients, "path": args.path,
+        "watch_s": args.watch, "runs": runs,
+        "sent_total": sum(r["sent"] for r in runs), "failed_total": sum(r["failed"] for r in runs),
+    }
+    out = Path(args.json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    if args.doc:
+        write_section(Path(args.doc), text)
+    print(text)
+    return 0 if report["failed_total"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
