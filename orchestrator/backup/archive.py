@@ -165,8 +165,13 @@ def open_archive(path: str | Path) -> OpenArchive:
     if members[-1].name != fmt.SUMS:
         raise ArchiveError(f"{path.name}: the last member is {members[-1].name}, not {fmt.SUMS} (truncated or changed)")
     with open(path, "rb") as f:
+        if members[-1].size > 1 << 20:
+            raise ArchiveError(f"{path.name}: member {fmt.SUMS} is {members[-1].size} bytes, far too large")
+        sums_reader = MemberReader(f, members[-1], path.name)
+        raw_sums = sums_reader.read()
+        sums_reader.finish()  # its padding must be zeros too
         try:
-            sums = fmt.Sums.parse(read_member(f, members[-1], path.name, limit=1 << 20))
+            sums = fmt.Sums.parse(raw_sums)
         except ValueError as e:
             raise ArchiveError(f"{path.name}: member {fmt.SUMS} is damaged ({e})") from None
         listed = set(sums.entries)

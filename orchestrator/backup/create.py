@@ -46,6 +46,18 @@ def space_needed(image_size: int) -> int:
     return int(image_size * 1.01) + SPACE_MARGIN
 
 
+def check_space(out_dir: Path, image_size: int, version: str, disk_free: Callable[[Path], int] = free_bytes) -> None:
+    """Refuse before writing anything when `out_dir` cannot hold the archive.
+
+    Raises:
+        NoSpaceError: naming what is needed and what is free.
+    """
+    need, have = space_needed(image_size), disk_free(out_dir)
+    if have < need:
+        raise NoSpaceError(f"not enough free space in {out_dir}: the archive of {version} needs about "
+                           f"{_mib(need)} MiB, {_mib(have)} MiB are free; nothing was written")
+
+
 def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, note: str | None = None,
                   compress: str | None = None, progress: Progress = no_progress,
                   disk_free: Callable[[Path], int] = free_bytes) -> dict[str, Any]:
@@ -80,10 +92,7 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create {out_dir}: {e.strerror}") from None
-    need, have = space_needed(image_size), disk_free(out_dir)
-    if have < need:
-        raise NoSpaceError(f"not enough free space in {out_dir}: the archive of {version} needs about "
-                           f"{_mib(need)} MiB, {_mib(have)} MiB are free; nothing was written")
+    check_space(out_dir, image_size, version, disk_free)
 
     created = dt.datetime.now(dt.timezone.utc)
     latest_push = pushes[-1] if pushes else None

@@ -71,7 +71,7 @@ def scan(path: str | Path) -> list[Member]:
     with open(path, "rb") as f:
         head = f.read(fmt.BLOCK)
         if len(head) < fmt.BLOCK:
-            if head.startswith(fmt.DESCRIPTOR.encode()):
+            if head and head[:len(fmt.DESCRIPTOR)] == fmt.DESCRIPTOR.encode()[:len(head)]:  # a cut copy of ours
                 raise ArchiveError(f"{path.name} is truncated: {file_size} bytes, not even one header")
             raise _foreign(path, head)
         offset = 0

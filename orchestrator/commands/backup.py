@@ -34,15 +34,16 @@ def _progress(ctx: Context, label: str) -> Iterator[Any]:
     state: dict[str, Any] = {"bar": None, "tasks": {}}
 
     def update(phase: str, done: int, total: int | None) -> None:
+        if not ctx.stderr.is_terminal:  # logs get the summary line, not a redrawn bar
+            return
         bar = state["bar"]
         if bar is None:
-            bar = state["bar"] = Progress(TextColumn(f"[bold]{label}[/] {{task.description}}"), BarColumn(),
-                                          DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                                          console=ctx.stderr)
+            bar = state["bar"] = Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), DownloadColumn(),
+                                          TransferSpeedColumn(), TimeElapsedColumn(), console=ctx.stderr)
             bar.start()
         tasks = state["tasks"]
         if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total)
+            tasks[phase] = bar.add_task(label if phase == label else f"{label}: {phase}", total=total)
         bar.update(tasks[phase], completed=done, total=total if total and total >= done else None)
 
     try:
