@@ -1,0 +1,424 @@
+"""Kubernetes backend: a RollingUpdate of one Deployment, with the cluster's own revision history.
+
+switch V:  resolve V (ledger push + registry tag check) -> strategic-merge patch of the container
+           image to repo@sha256:<digest>, `aads.version` on the pod template and
+           `kubernetes.io/change-cause` on the Deployment -> wait as `kubectl rollout status` does
+           -> on failure (ProgressDeadlineExceeded, timeout) the same JSON patch `kubectl rollout
+           undo` sends, back to the revision that was live, and SwitchFailed.
+rollback:  that undo patch, to the previous revision or (--to-version) to the newest revision
+           whose pods ran that version.
+status, history: read from the cluster (ReplicaSet revisions, change-cause, image digest), so
+           they agree with `kubectl rollout history`; the ledger adds who/when/outcome.
+
+Because every change is an ordinary Deployment revision, `kubectl rollout undo
+deployment/aads-serving` is always a valid way back, with or without this tool.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import k8s_rollout as kr
+from orchestrator.config import KubernetesTarget
+from orchestrator.context import Context
+from orchestrator.errors import OrchestratorError, SwitchFailed, UsageError
+from orchestrator.k8s_api import KubeApi
+from orchestrator.ledger import Switch
+from orchestrator.lock import target_lock
+from orchestrator.resolve import known_version, resolve
+from orchestrator.switchflow import COUNTED, Steps, result
+
+STRATEGIC = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+UNKNOWN = "unknown image"
+
+
+class RolloutBusy(OrchestratorError):
+    """Another rollout of the Deployment has not finished."""
+
+    exit_code = 3
+
+
+class RolloutFailed(Exception):
+    """The rollout cannot finish: deadline exceeded or our own timeout. The message says why."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What one pod template runs: the image, its digest and the version the ledger knows it as."""
+
+    image: str | None
+    digest: str | None
+    version: str | None        # from the ledger's pushes; None: an image the ledger does not know
+    annotated: str | None      # the template's aads.version annotation (may be stale after a hand edit)
+    revision: int
+
+    @property
+    def label(self) -> str:
+        return self.version or UNKNOWN
+
+
+def short(image: str | None) -> str:
+    if image and "@sha256:" in image:
+        repo, digest = image.split("@", 1)
+        return f"{repo}@{digest[:19]}…"
+    return image or "-"
+
+
+class KubernetesBackend:
+    kind = "kubernetes"
+
+    def __init__(self, ctx: Context, target: str, spec: KubernetesTarget, *, api: KubeApi | None = None):
+        self.ctx = ctx
+        self.target = target
+        self.spec = spec
+        self._api = api
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            kubeconfig = str(self.ctx.config.path(self.spec.kubeconfig)) if self.spec.kubeconfig else None
+            self._api = KubeApi(target=self.target, kubeconfig=kubeconfig, context=self.spec.context,
+                                namespace=self.spec.namespace, deployment=self.spec.deployment)
+        return self._api
+
+    @property
+    def where(self) -> str:
+        return f"deployment/{self.spec.deployment} -n {self.spec.namespace}"
+
+    # ---- reading the cluster -----------------------------------------------------------------
+    def describe(self, template: dict[str, Any], rev: int) -> Revision:
+        image = kr.container_image(template, self.spec.container)
+        digest = kr.image_digest(image)
+        version = self.ctx.ledger.version_for_digest(digest) if digest else None
+        return Revision(image=image, digest=digest, version=version, annotated=kr.template_version(template),
+                        revision=rev)
+
+    def live_of(self, d: dict[str, Any]) -> Revision:
+        template = d["spec"]["template"]
+        if kr.container_image(template, self.spec.container) is None:
+            names = ", ".join(c.get("name", "?") for c in template.get("spec", {}).get("containers", []))
+            raise UsageError(f"target {self.target}: {self.where} has no container {self.spec.container!r} "
+                             f"(containers: {names}); set `container:` in the target")
+        return self.describe(template, kr.revision(d))
+
+    def refuse_paused(self, d: dict[str, Any]) -> None:
+        if (d.get("spec") or {}).get("paused"):
+            raise RolloutBusy(f"target {self.target}: {self.where} is paused; resume it first with "
+                              f"`kubectl rollout resume {self.where}`")
+
+    def pod_problems(self, d: dict[str, Any]) -> str:
+        """Why the pods of the newest revision are not ready, from their status (best effort)."""
+        try:
+            rev = kr.revision(d)
+            rs = next((r for r in self.api.replicasets(d) if kr.revision(r) == rev), None)
+            if rs is None:
+                return ""
+            pods = self.api.pods(rs["spec"]["selector"].get("matchLabels") or {})
+        except OrchestratorError:
+            return ""
+        problems = []
+        for p in pods:
+            st = p.get("status") or {}
+            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+            if ready.get("status") == "True":
+                continue
+            waiting = [c["state"]["waiting"].get("reason") for c in st.get("containerStatuses") or []
+                       if (c.get("state") or {}).get("waiting")]
+            why = ", ".join(w for w in waiting if w) or ready.get("reason") or st.get("phase") or "not ready"
+            problems.append(f"{p['metadata']['name']} {why}")
+        if not problems:
+            return ""
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        return "; pods not ready: " + ", ".join(problems[:3]) + more
+
+    def wait_rollout(self, d: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Wait as `kubectl rollout status` does: watch the Deployment until the rollout is done,
+        the controller reports ProgressDeadlineExceeded, or `timeout_s` passes."""
+        end = time.monotonic() + timeout_s
+        last = ""
+
+        def verdict(obj: dict[str, Any]) -> bool:
+            nonlocal last
+            state = kr.rollout_status(obj)
+            if state.message != last:
+                last = state.message
+                s = obj.get("status") or {}
+                self.ctx.stderr.print(f"  {state.message} [dim](updated {s.get('updatedReplicas', 0)}, ready "
+                                      f"{s.get('readyReplicas', 0)}, available {s.get('availableReplicas', 0)} of "
+                                      f"{obj['spec'].get('replicas', 1)})[/dim]")
+            if state.done:
+                return True
+            if state.failed:
+                raise RolloutFailed(state.failed + self.pod_problems(obj))
+            if time.monotonic() >= end:
+                raise RolloutFailed(f"the rollout did not finish within {timeout_s:g}s ({state.message.rstrip('.')})"
+                                    + self.pod_problems(obj))
+            return False
+
+        with self.ctx.stderr.status(f"rollout of {self.where}"):
+            while True:
+                if verdict(d):
+                    return d
+                rv = d["metadata"]["resourceVersion"]
+                for obj in self.api.watch_deployment(rv, min(30.0, max(end - time.monotonic(), 1.0))):
+                    d = obj
+                    if verdict(d):
+                        return d
+                d = self.api.read_deployment()  # stream ended (its timeout, or 410 Gone): resync
+
+    # ---- verbs -------------------------------------------------------------------------------
+    def up(self, version: str | None) -> dict[str, Any]:
+        """The Deployment is created by `kubectl apply -k k8s/overlays/...`; `up` pins it to a
+        pushed version (default: the newest push)."""
+        if version is None:
+            pushes = self.ctx.ledger.pushes()
+            if not pushes:
+                raise UsageError("no version has been pushed yet: run `orchestrator build` and `orchestrator push`")
+            version = pushes[-1].version
+        return self.switch(version)
+
+    def switch(self, version: str, *, keep_previous: bool = False, wait_lock_s: float = 0.0) -> dict[str, Any]:
+        # keep_previous: the previous ReplicaSet is always kept (scaled to 0) for undo.
+        known_version(self.ctx, version)
+        with target_lock(self.ctx.config.state_path, self.target, wait_lock_s):
+            return self._switch(version)
+
+    def _switch(self, version: str) -> dict[str, Any]:
+        d = self.api.read_deployment()
+        live = self.live_of(d)
+        self.refuse_paused(d)
+        push = self.ctx.ledger.latest_push(version)
+        command = f"orchestrator switch {version}"
+        if push is not None and live.digest == push.digest:
+            reason = f"{version} is already live on {self.target} ({self.where}, revision {live.revision}); nothing to do"
+            sw = self.begin("switch", version, live, push.digest, command)
+            self.ctx.ledger.finish_switch(sw.id, "noop", reason)
+            self.ctx.note(reason)
+            return result(outcome="noop", target=self.target, from_version=live.version, to_version=version,
+                          digest=live.digest, slot=str(live.revision), reason=reason, revision=live.revision)
+        state = kr.rollout_status(d)
+        if not state.done and not state.failed:
+            raise RolloutBusy(f"target {self.target}: a rollout of {self.where} is in progress ({state.message.rstrip('.')}); "
+                              f"refusing to start another: wait for it (`kubectl rollout status {self.where}`) "
+                              f"or roll it back (`orchestrator rollback --target {self.target}`)")
+        if state.failed:
+            self.ctx.note(f"[yellow]note: the last rollout failed ({state.failed}); switching replaces it[/yellow]")
+
+        sw = self.begin("switch", version, live, push.digest if push else None, command)
+        steps = Steps(self.ctx, sw)
+        try:
+            with steps.step("resolve", f"{version} → digest, registry tag check"):
+                cand = resolve(self.ctx, version)
+            body = kr.switch_patch(container=self.spec.container, image=cand.image_ref, version=version,
+                                   change_cause=command, resource_version=d["metadata"]["resourceVersion"])
+            with steps.step("patch", f"{self.spec.container} ← {short(cand.image_ref)}", image=cand.image_ref):
+                patched = self.api.patch_deployment(body, STRATEGIC, f"patch {self.where}")
+        except BaseException as e:
+            # Nothing changed in the cluster: the patch was refused or never sent.
+            self.ctx.ledger.finish_switch(sw.id, "failed", _reason(e))
+            raise
+        return self._roll(sw, steps, patched, to=cand.version, digest=cand.digest, image=cand.image_ref,
+                          back_to=live)
+
+    def rollback(self, to_version: str | None = None, *, wait_lock_s: float = 0.0) -> dict[str, Any]:
+        if to_version:
+            known_version(self.ctx, to_version)
+        with target_lock(self.ctx.config.state_path, self.target, wait_lock_s):
+            return self._rollback(to_version)
+
+    def _rollback(self, to_version: str | None) -> dict[str, Any]:
+        d = self.api.read_deployment()
+        live = self.live_of(d)
+        # kubectl refuses a paused Deployment too: the controller would not roll it.
+        self.refuse_paused(d)
+        rss = self.api.replicasets(d)
+        kept = ", ".join(f"{kr.revision(r)}={self.describe(r['spec']['template'], kr.revision(r)).label}"
+                         for r in sorted(rss, key=kr.revision)) or "none"
+        if to_version:
+            runs = [r for r in rss if self.describe(r["spec"]["template"], kr.revision(r)).version == to_version]
+            if not runs:
+                raise UsageError(f"target {self.target}: no kept revision of {self.where} runs {to_version} "
+                                 f"(revisions: {kept}); use `orchestrator switch {to_version}`")
+            rs = max(runs, key=kr.revision)
+        else:
+            try:
+                rs = kr.revision_for(rss, 0)
+            except kr.NoRevision:
+                raise UsageError(f"target {self.target}: nothing to roll back to: {self.where} has no earlier "
+                                 f"revision (revisions: {kept})") from None
+        goal = self.describe(rs["spec"]["template"], kr.revision(rs))
+        command = "orchestrator rollback" + (f" --to-version {to_version}" if to_version else "")
+        if kr.equal_ignore_hash(rs["spec"]["template"], d["spec"]["template"]):
+            reason = (f"{goal.label} is already live on {self.target} (revision {goal.revision} matches the "
+                      f"current template); nothing to do")
+            sw = self.begin("rollback", goal.label, live, goal.digest, command)
+            self.ctx.ledger.finish_switch(sw.id, "noop", reason)
+            self.ctx.note(reason)
+            return result(outcome="noop", target=self.target, from_version=live.version, to_version=goal.version,
+                          digest=goal.digest, slot=str(live.revision), reason=reason, revision=live.revision)
+        sw = self.begin("rollback", goal.label, live, goal.digest, command, to_revision=goal.revision)
+        steps = Steps(self.ctx, sw)
+        try:
+            with steps.step("undo", f"back to revision {goal.revision} ({goal.label}), as `kubectl rollout undo`"):
+                patched = self.api.patch_deployment(kr.undo_patch(d, rs), JSON_PATCH, f"roll back {self.where}")
+        except BaseException as e:
+            self.ctx.ledger.finish_switch(sw.id, "failed", _reason(e))
+            raise
+        return self._roll(sw, steps, patched, to=goal.version, digest=goal.digest, image=goal.image, back_to=live)
+
+    # ---- the shared tail: wait, then finish or undo ------------------------------------------
+    def begin(self, action: str, to_label: str, live: Revision, digest: str | None, command: str,
+              **data: Any) -> Switch:
+        return self.ctx.ledger.begin_switch(
+            target=self.target, action=action, to_version=to_label, from_version=live.version or UNKNOWN,
+            digest=digest, command=command,
+            data={"kind": "kubernetes", "namespace": self.spec.namespace, "deployment": self.spec.deployment,
+                  "from_revision": live.revision, "from_image": live.image, **data})
+
+    def _roll(self, sw: Switch, steps: Steps, patched: dict[str, Any], *, to: str | None, digest: str | None,
+              image: str | None, back_to: Revision) -> dict[str, Any]:
+        try:
+            with steps.step("rollout", f"{self.where}: wait as `kubectl rollout status`"):
+                final = self.wait_rollout(patched, self.spec.timeout_s)
+        except (RolloutFailed, OrchestratorError) as e:
+            return self._undo_after_failure(sw, steps, _reason(e), to=to, digest=digest, back_to=back_to)
+        except KeyboardInterrupt:
+            self.ctx.ledger.finish_switch(sw.id, "interrupted", "interrupted while waiting; the rollout goes on in "
+                                                                "the cluster: see `orchestrator status`")
+            raise
+        rev = kr.revision(final)
+        with steps.step("finish", f"revision {rev} is live", revision=rev):
+            with self.ctx.ledger.transaction() as db:
+                if to and digest and image:
+                    self.ctx.ledger.set_live(self.target, version=to, digest=digest, image_ref=image, slot=str(rev), db=db)
+                self.ctx.ledger.finish_switch(sw.id, "succeeded", None, db=db)
+        self.ctx.note(f"[green]{to or UNKNOWN} is live on {self.target} ({self.where}, revision {rev})[/green]")
+        return result(outcome="succeeded", target=self.target, from_version=back_to.version, to_version=to,
+                      digest=digest, slot=str(rev), phases=steps.phases, revision=rev, image=image)
+
+    def _undo_after_failure(self, sw: Switch, steps: Steps, reason: str, *, to: str | None, digest: str | None,
+                            back_to: Revision) -> dict[str, Any]:
+        self.ctx.note(f"[red]✗ {sw.action} to {to or UNKNOWN} failed: {reason}[/red]")
+        try:
+            with steps.step("undo", f"back to revision {back_to.revision} ({back_to.label}), as `kubectl rollout undo`"):
+                d = self.api.read_deployment()
+                failed_rev = kr.revision(d)
+                rs = kr.revision_for(self.api.replicasets(d), back_to.revision)
+                patched = self.api.patch_deployment(kr.undo_patch(d, rs), JSON_PATCH, f"roll back {self.where}")
+                self.ctx.ledger.enter_step(sw.id, "undo", revision=failed_rev)
+            with steps.step("undo-wait", f"{self.where}: wait for revision {back_to.revision}'s template"):
+                final = self.wait_rollout(patched, self.spec.timeout_s)
+                self.ctx.ledger.enter_step(sw.id, "undo-wait", undo_revision=kr.revision(final))
+        except (RolloutFailed, OrchestratorError, kr.NoRevision) as e:
+            why = f"{reason}; the automatic undo failed too: {_reason(e)}"
+            self.ctx.ledger.finish_switch(sw.id, "failed", why)
+            raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {why}. Roll back by hand: "
+                               f"`kubectl rollout undo {self.where} --to-revision={back_to.revision}`") from None
+        if digest and to:
+            self.ctx.ledger.mark_failed_digest(digest=digest, version=to, target=self.target, reason=reason)
+        self.ctx.ledger.finish_switch(sw.id, "reverted", reason)
+        raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {reason}; rolled back to "
+                           f"{back_to.label} (its template is now revision {kr.revision(final)}), "
+                           f"as `kubectl rollout undo` would")
+
+    # ---- status and history ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        d = self.api.read_deployment()
+        live = self.live_of(d)
+        rss = self.api.replicasets(d)
+        state = kr.rollout_status(d)
+        s = d.get("status") or {}
+        replicas = d["spec"].get("replicas", 1)
+        health = ("failed" if state.failed else "progressing" if not state.done
+                  else "healthy" if s.get("availableReplicas", 0) >= replicas else "degraded")
+        done = kr.condition(d, "Progressing") or {}
+        current = next((r for r in rss if kr.revision(r) == live.revision), None)
+        since = (done.get("lastUpdateTime") if done.get("reason") == "NewReplicaSetAvailable" else None) or (
+            current["metadata"].get("creationTimestamp") if current else None)
+        drift: list[str] = []
+        if live.version is None:
+            drift.append(f"{UNKNOWN}: {live.image} is not an image the ledger recorded a push for (edited by hand?); "
+                         f"`orchestrator switch VERSION` replaces it")
+        elif live.annotated and live.annotated != live.version:
+            drift.append(f"the pod template says {kr.VERSION}={live.annotated} but its image is {live.version}'s")
+        recorded = self.ctx.ledger.live(self.target)
+        if recorded is not None and recorded.digest != live.digest:
+            drift.append(f"the ledger last recorded {recorded.version} live (revision {recorded.slot}); the cluster "
+                         f"runs {live.label} (revision {live.revision}): changed outside the orchestrator "
+                         f"(e.g. `kubectl rollout undo`)")
+        if not state.done:
+            drift.append(state.failed or state.message)
+        return {
+            "target": self.target, "kind": self.kind, "namespace": self.spec.namespace,
+            "deployment": self.spec.deployment, "server": self.api.server,
+            "live": {"version": live.label, "digest": live.digest, "image": live.image, "revision": live.revision,
+                     "since": since, "health": health, "annotated_version": live.annotated},
+            "replicas": {"desired": replicas, "updated": s.get("updatedReplicas", 0), "ready": s.get("readyReplicas", 0),
+                         "available": s.get("availableReplicas", 0), "total": s.get("replicas", 0)},
+            "rollout": state.message,
+            "revisions": sorted(kr.revision(r) for r in rss),
+            "drift": drift,
+        }
+
+    def history(self, limit: int | None = None) -> dict[str, Any]:
+        """One entry per kept revision (the rows of `kubectl rollout history`), oldest first,
+        joined with the ledger's record of the switch that made it, where there is one."""
+        d = self.api.read_deployment()
+        rss = sorted(self.api.replicasets(d), key=kr.revision)
+        switches = self.ctx.ledger.history(self.target)
+        made: dict[int, tuple[Switch, str]] = {}
+        for s in switches:
+            if s.data.get("revision"):
+                made[int(s.data["revision"])] = (s, "made")
+            if s.data.get("undo_revision"):
+                made[int(s.data["undo_revision"])] = (s, "undo")
+        current = kr.revision(d)
+        entries = []
+        previous: str | None = None
+        for rs in rss:
+            rev = kr.revision(rs)
+            info = self.describe(rs["spec"]["template"], rev)
+            ann = kr.annotations(rs)
+            cause = ann.get(kr.CHANGE_CAUSE)
+            earlier = ann.get(kr.REVISION_HISTORY)
+            entry = {"revision": rev, "change_cause": cause, "version": info.label, "image": info.image,
+                     "live": rev == current, "revision_history": earlier,
+                     "at": rs["metadata"].get("creationTimestamp"), "action": None, "from_version": previous,
+                     "to_version": info.label, "outcome": None, "reason": None, "user": None}
+            if rev in made:
+                s, role = made[rev]
+                if role == "undo":
+                    entry.update(action=f"undo after failed {s.action}", outcome="succeeded", at=s.finished_at,
+                                 user=s.user, from_version=s.to_version,
+                                 reason=f"{s.action} to {s.to_version} failed: {s.reason}")
+                else:
+                    entry.update(action=s.action, outcome=s.outcome, at=s.started_at, user=s.user,
+                                 from_version=s.from_version, reason=s.reason)
+            elif earlier:
+                entry.update(action="undo", reason=f"template of revision(s) {earlier} brought back "
+                                                   f"(kubectl rollout undo, or a switch to an older template)")
+            elif cause and cause.startswith("orchestrator "):
+                entry.update(action=cause.split()[1])
+            else:
+                entry.update(action="external")
+            entries.append(entry)
+            previous = info.label
+        if limit:
+            entries = entries[-limit:]
+        counted = [COUNTED[s.outcome] for s in switches if s.outcome in COUNTED]
+        # Attempts that made no revision (refused before the patch: tag check, RBAC, ...).
+        refused = [{"at": s.started_at, "action": s.action, "to_version": s.to_version, "outcome": s.outcome,
+                    "reason": s.reason, "user": s.user}
+                   for s in switches if s.outcome == "failed" and not s.data.get("revision")]
+        return {"target": self.target, "kind": self.kind, "entries": entries,
+                "success_rate": round(sum(counted) / len(counted), 4) if counted else None,
+                "counted": len(counted), "succeeded": sum(counted), "refused": refused[-(limit or 0):]}
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return str(e) or type(e).__name__

@@ -1,0 +1,423 @@
+"""The Kubernetes backend against the Kubernetes API double (tests/k8s_double), and the real
+/usr/bin/kubectl pointed at the same double: `kubectl rollout undo` stays a valid way back.
+
+Pushed versions are ledger records with made-up digests (no images are built); a registry double
+answers the tag -> digest check. The real registry is used once (engine-marked tamper test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from orchestrator.backends import get_backend
+from orchestrator.context import Context
+from orchestrator.errors import ConfigError, OrchestratorError, SwitchFailed, TamperError, UsageError
+from orchestrator.k8s_api import KubeForbidden, KubeNotFound, KubeUnreachable
+from orchestrator.backends.kubernetes import RolloutBusy
+from orchestrator.ledger import Ledger
+from tests.k8s_double import KubeDouble
+from tests.k8s_double.registry import RegistryDouble
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = shutil.which("kubectl")
+NS, NAME = "aads", "aads-serving"
+REPO_NAME = "aads-ulora"
+OLD, NEW, THIRD, BROKEN = "v5.5.3-performance", "v5.5.4-dinov3", "v5.5.6-extra", "v5.5.5-broken"
+VERSIONS = [OLD, NEW, THIRD, BROKEN]
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (it renders k8s/)")
+
+
+def digest_of(version: str) -> str:
+    return "sha256:" + hashlib.sha256(version.encode()).hexdigest()
+
+
+def rendered_deployment() -> dict:
+    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s/overlays/cpu")], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Env:
+    """One cluster (double), one registry (double), one project dir with its ledger."""
+
+    def __init__(self, tmp: Path, k8s: KubeDouble, registry: RegistryDouble):
+        self.tmp, self.k8s, self.registry = tmp, k8s, registry
+        self.repo = f"{registry.host}/{REPO_NAME}"
+        self.kubeconfig = k8s.write_kubeconfig(tmp / "kubeconfig")
+        (tmp / "kubeconfig-down").write_text(
+            (tmp / "kubeconfig").read_text().replace(k8s.url, f"http://127.0.0.1:{free_port()}"))
+        versions = tmp / "versions"
+        for v in VERSIONS:
+            src = ROOT / "versions" / (v if (ROOT / "versions" / v).is_dir() else NEW)
+            shutil.copytree(src, versions / v)
+        base = {"kind": "kubernetes", "kubeconfig": "kubeconfig", "namespace": NS, "deployment": NAME,
+                "container": "serving", "timeout_s": 30}
+        (tmp / "orchestrator.yaml").write_text(yaml.safe_dump({
+            "registry": self.repo, "state_dir": "state", "versions_dir": "versions", "default_target": "k8s",
+            "targets": {
+                "k8s": base,
+                "k8s-missing": {**base, "deployment": "nope"},
+                "k8s-down": {**base, "kubeconfig": "kubeconfig-down"},
+                "k8s-locked": {**base, "namespace": "locked"},
+                "k8s-impatient": {**base, "timeout_s": 1.5},
+                "k8s-wrong-container": {**base, "container": "sidecar"},
+            },
+        }))
+        ledger = Ledger(tmp / "state")
+        for v in VERSIONS:
+            build = ledger.record_build(version=v, variant="cpu", image_id=digest_of("image " + v),
+                                        manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
+            ledger.record_push(version=v, build_id=build.id, repository=self.repo, tag=v, digest=digest_of(v))
+            registry.tags[(REPO_NAME, v)] = digest_of(v)
+        ledger.close()
+        k8s.mark_bad(self.image(BROKEN))
+
+    def image(self, version: str) -> str:
+        return f"{self.repo}@{digest_of(version)}"
+
+    def ctx(self) -> Context:
+        return Context(config_path=str(self.tmp / "orchestrator.yaml"))
+
+    def backend(self, target: str = "k8s"):
+        return get_backend(self.ctx(), target)
+
+    def deployment(self) -> dict:
+        return self.k8s.get("deployments", NS, NAME)
+
+    def live_image(self) -> str:
+        return self.deployment()["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    def replicasets(self) -> dict[int, dict]:
+        return {int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]): rs
+                for rs in self.k8s.list("replicasets", NS)}
+
+    def patches(self) -> list[dict]:
+        return [r for r in self.k8s.requests if r["method"] == "PATCH"]
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kcache"),
+                            "-n", NS, *args], capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
+        return r
+
+    def kubectl_history(self) -> list[tuple[int, str]]:
+        out = self.kubectl("rollout", "history", f"deployment/{NAME}").stdout
+        rows = [line.split(None, 1) for line in out.splitlines()[2:] if line.strip()]
+        return [(int(r[0]), r[1].strip() if len(r) > 1 else "<none>") for r in rows]
+
+
+@pytest.fixture
+def env(tmp_path):
+    registry = RegistryDouble().start()
+    k8s = KubeDouble(ready_after_s=0.2).start()
+    try:
+        e = Env(tmp_path, k8s, registry)
+        k8s.create_namespace(NS)
+        k8s.create_namespace("locked")
+        k8s.forbid("locked")
+        d = rendered_deployment()
+        d["metadata"]["namespace"] = NS
+        d["spec"]["minReadySeconds"] = 0           # seconds-fast rollouts in tests
+        d["spec"]["progressDeadlineSeconds"] = 2   # a stuck rollout is seen within seconds
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = e.image(OLD)
+        d["spec"]["template"]["metadata"]["annotations"]["aads.version"] = OLD
+        k8s.create("deployments", d)
+        k8s.wait_for(lambda: e.deployment().get("status", {}).get("availableReplicas") == 2, what="first rollout")
+        yield e
+        assert not k8s.cluster.errors, k8s.cluster.errors
+    finally:
+        k8s.stop()
+        registry.stop()
+
+
+def test_switch_patches_the_digest_and_waits_for_the_rollout(env):
+    result = env.backend().switch(NEW)
+    assert result["outcome"] == "succeeded"
+    assert (result["from_version"], result["to_version"], result["digest"]) == (OLD, NEW, digest_of(NEW))
+    assert result["revision"] == 2 and {"resolve", "patch", "rollout", "finish"} <= set(result["phases"])
+    d = env.deployment()
+    assert env.live_image() == env.image(NEW)
+    assert d["spec"]["template"]["metadata"]["annotations"]["aads.version"] == NEW
+    assert d["metadata"]["annotations"]["kubernetes.io/change-cause"] == f"orchestrator switch {NEW}"
+    # The rollout really finished: every pod runs the new image and is ready.
+    assert d["status"]["updatedReplicas"] == d["status"]["availableReplicas"] == d["status"]["replicas"] == 2
+    pods = env.k8s.list("pods", NS)
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {env.image(NEW)}
+    # The controller copied the change-cause onto revision 2's ReplicaSet, where kubectl reads it.
+    rss = env.replicasets()
+    assert rss[2]["metadata"]["annotations"]["kubernetes.io/change-cause"] == f"orchestrator switch {NEW}"
+    assert rss[1]["spec"]["replicas"] == 0
+    (patch,) = env.patches()
+    assert patch["content_type"] == "application/strategic-merge-patch+json"
+    status = env.backend().status()
+    assert status["live"]["version"] == NEW and status["live"]["revision"] == 2
+    assert status["live"]["health"] == "healthy" and status["drift"] == []
+    ledger = env.ctx().ledger
+    assert ledger.live("k8s").version == NEW and ledger.live("k8s").slot == "2"
+    assert ledger.history("k8s")[-1].outcome == "succeeded"
+
+
+def test_switch_to_the_live_version_is_a_noop(env):
+    env.backend().switch(NEW)
+    rv = env.deployment()["metadata"]["resourceVersion"]
+    result = env.backend().switch(NEW)
+    assert result["outcome"] == "noop" and "already live" in result["reason"]
+    assert env.deployment()["metadata"]["resourceVersion"] == rv
+    assert len(env.patches()) == 1 and sorted(env.replicasets()) == [1, 2]
+
+
+def test_rollback_is_kubectl_rollout_undo(env):
+    env.backend().switch(NEW)
+    result = env.backend().rollback()
+    assert result["outcome"] == "succeeded" and (result["from_version"], result["to_version"]) == (NEW, OLD)
+    assert env.live_image() == env.image(OLD)
+    undo = env.patches()[-1]
+    assert undo["content_type"] == "application/json-patch+json"
+    # The controller adopted revision 1's ReplicaSet again: revision 3, history "1".
+    rss = env.replicasets()
+    assert sorted(rss) == [2, 3]
+    assert rss[3]["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "1"
+    assert rss[3]["spec"]["template"]["spec"]["containers"][0]["image"] == env.image(OLD)
+    # ... and its change-cause is the one it had: undo restores the old annotations, as kubectl does.
+    assert env.deployment()["metadata"]["annotations"]["kubernetes.io/change-cause"].startswith("kubectl apply")
+    assert env.backend().status()["live"]["version"] == OLD
+    # Once more: back to NEW (the previous revision now).
+    assert env.backend().rollback()["to_version"] == NEW
+    assert env.live_image() == env.image(NEW)
+
+
+def test_rollback_to_version_picks_the_revision_by_its_version(env):
+    b = env.backend()
+    b.switch(NEW)
+    b.switch(THIRD)
+    result = env.backend().rollback(OLD)
+    assert result["outcome"] == "succeeded" and result["to_version"] == OLD
+    assert env.live_image() == env.image(OLD)
+    assert env.replicasets()[4]["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "1"
+    # A version no kept revision runs: one clear refusal, nothing changed.
+    rv = env.deployment()["metadata"]["resourceVersion"]
+    with pytest.raises(UsageError, match=f"no kept revision .* runs {BROKEN}"):
+        env.backend().rollback(BROKEN)
+    # The live one: a no-op.
+    assert env.backend().rollback(OLD)["outcome"] == "noop"
+    assert env.deployment()["metadata"]["resourceVersion"] == rv
+
+
+def test_failed_rollout_is_undone_automatically(env):
+    env.backend().switch(NEW)
+    started = time.monotonic()
+    with pytest.raises(SwitchFailed) as err:
+        env.backend().switch(BROKEN)
+    message = str(err.value)
+    assert "exceeded its progress deadline" in message, message
+    assert "pods not ready" in message and f"rolled back to {NEW}" in message
+    assert err.value.exit_code == 5
+    assert time.monotonic() - started < 20
+    # Back on NEW, and the rollout of the undo finished: no broken pod left.
+    assert env.live_image() == env.image(NEW)
+    env.k8s.wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in env.k8s.list("pods", NS)}
+                     == {env.image(NEW)}, what="broken pods gone")
+    rss = env.replicasets()
+    assert rss[3]["spec"]["replicas"] == 0 and rss[4]["metadata"]["annotations"][
+        "deployment.kubernetes.io/revision-history"] == "2"
+    ledger = env.ctx().ledger
+    sw = ledger.history("k8s")[-1]
+    assert sw.outcome == "reverted" and "progress deadline" in sw.reason
+    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4
+    assert digest_of(BROKEN) in ledger.failed_digests()
+    assert ledger.live("k8s").version == NEW
+    status = env.backend().status()
+    assert status["live"]["version"] == NEW and status["live"]["health"] == "healthy"
+    history = env.backend().history()
+    by_rev = {e["revision"]: e for e in history["entries"]}
+    assert by_rev[3]["outcome"] == "reverted" and by_rev[3]["version"] == BROKEN
+    assert by_rev[4]["action"].startswith("undo") and by_rev[4]["version"] == NEW
+    assert history["success_rate"] == 0.5
+
+
+def test_our_timeout_also_undoes(env):
+    # A deadline the controller would take long to reach: the orchestrator's own timeout_s acts.
+    env.k8s.store.update("deployments", {**env.deployment(), "spec": {**env.deployment()["spec"],
+                                                                       "progressDeadlineSeconds": 600}})
+    env.k8s.wait_for(lambda: env.deployment()["status"].get("observedGeneration") == 2, what="spec observed")
+    with pytest.raises(SwitchFailed, match=r"did not finish within 1.5s.*rolled back to v5.5.3"):
+        env.backend("k8s-impatient").switch(BROKEN)
+    assert env.live_image() == env.image(OLD)
+
+
+def test_a_rollout_in_progress_is_refused(env):
+    env.k8s.cluster.paused = True  # the controller has not caught up: the rollout stays in progress
+    env.kubectl("set", "image", f"deployment/{NAME}", f"serving={env.image(THIRD)}")
+    rv = env.deployment()["metadata"]["resourceVersion"]
+    with pytest.raises(RolloutBusy, match="in progress .*spec update to be observed.*refusing") as err:
+        env.backend().switch(NEW)
+    assert err.value.exit_code == 3
+    assert env.deployment()["metadata"]["resourceVersion"] == rv
+    assert not [p for p in env.patches() if "kubectl" not in p["query"].get("fieldManager", "")]
+    env.k8s.cluster.paused = False
+    # Once it has finished, the switch goes ahead.
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert env.backend().switch(NEW)["outcome"] == "succeeded"
+
+
+def test_unknown_target_and_deployment(env):
+    with pytest.raises(ConfigError, match="unknown target 'nope'"):
+        env.backend("nope")
+    with pytest.raises(KubeNotFound, match="deployment aads/nope not found") as err:
+        env.backend("k8s-missing").switch(NEW)
+    assert err.value.exit_code == 2
+    with pytest.raises(UsageError, match="no container 'sidecar'"):
+        env.backend("k8s-wrong-container").switch(NEW)
+    assert env.patches() == []
+
+
+def test_api_unreachable_is_one_clear_error(env):
+    started = time.monotonic()
+    for call in (lambda b: b.switch(NEW), lambda b: b.status(), lambda b: b.rollback()):
+        with pytest.raises(KubeUnreachable, match="Kubernetes API at http://127.0.0.1:\\d+ is unreachable"):
+            call(env.backend("k8s-down"))
+    assert time.monotonic() - started < 30
+    assert env.ctx().ledger.history("k8s-down") == []
+
+
+def test_forbidden_is_one_clear_error_and_changes_nothing(env):
+    with pytest.raises(KubeForbidden, match='cannot get resource "deployments" in API group "apps"'):
+        env.backend("k8s-locked").status()
+    # Allowed to read, not to patch: the switch stops at the patch, nothing changes.
+    env.k8s.forbidden[NS] = {"patch"}
+    with pytest.raises(KubeForbidden, match="cannot patch"):
+        env.backend().switch(NEW)
+    env.k8s.forbidden.pop(NS)
+    assert env.live_image() == env.image(OLD) and sorted(env.replicasets()) == [1]
+    sw = env.ctx().ledger.history("k8s")[-1]
+    assert sw.outcome == "failed" and "cannot patch" in sw.reason
+
+
+def test_moved_registry_tag_is_refused(env):
+    env.registry.tags[(REPO_NAME, NEW)] = digest_of("someone else's image")
+    with pytest.raises(TamperError, match="moved to .*possible tampering"):
+        env.backend().switch(NEW)
+    assert env.patches() == [] and env.live_image() == env.image(OLD)
+
+
+def test_hand_edited_deployment_shows_unknown_image_and_switch_still_works(env):
+    env.kubectl("set", "image", f"deployment/{NAME}", "serving=127.0.0.1:5000/aads-ulora:hotfix")
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    status = env.backend().status()
+    assert status["live"]["version"] == "unknown image"
+    assert status["live"]["image"] == "127.0.0.1:5000/aads-ulora:hotfix"
+    assert any("unknown image" in d for d in status["drift"])
+    assert env.backend().history()["entries"][-1]["version"] == "unknown image"
+    result = env.backend().switch(NEW)
+    assert result["outcome"] == "succeeded" and result["from_version"] is None
+    assert env.backend().status()["live"]["version"] == NEW
+
+
+def test_kubectl_rollout_undo_is_a_valid_way_back(env):
+    """The fallback contract, with the real kubectl: after orchestrator switches, `kubectl rollout
+    status|history|undo` work and the orchestrator sees what kubectl did."""
+    env.backend().switch(NEW)
+    env.backend().switch(THIRD)
+    r = env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert f'deployment "{NAME}" successfully rolled out' in r.stdout
+
+    def same_story() -> list[tuple[int, str]]:
+        ours = [(e["revision"], e["change_cause"] or "<none>") for e in env.backend().history()["entries"]]
+        assert ours == env.kubectl_history()
+        return ours
+
+    assert same_story() == [(1, "kubectl apply -k k8s/overlays (initial manifests)"),
+                            (2, f"orchestrator switch {NEW}"), (3, f"orchestrator switch {THIRD}")]
+    r = env.kubectl("rollout", "undo", f"deployment/{NAME}")
+    assert "rolled back" in r.stdout
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    status = env.backend().status()
+    assert status["live"]["version"] == NEW and status["live"]["revision"] == 4
+    assert any("changed outside the orchestrator" in d for d in status["drift"])
+    assert same_story()[-1] == (4, f"orchestrator switch {NEW}")
+    assert env.backend().history()["entries"][-1]["action"] == "undo"
+    # kubectl --to-revision, then the orchestrator's own rollback, in either order.
+    env.kubectl("rollout", "undo", f"deployment/{NAME}", "--to-revision=1")
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert env.backend().status()["live"]["version"] == OLD
+    assert env.backend().rollback()["to_version"] == NEW
+    assert env.backend().rollback(THIRD)["to_version"] == THIRD
+    assert env.live_image() == env.image(THIRD)
+    same_story()
+    # And after an orchestrator rollback, kubectl undo again returns to the version before it.
+    env.kubectl("rollout", "undo", f"deployment/{NAME}")
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert env.backend().status()["live"]["version"] == NEW
+
+
+def test_kubectl_rollout_status_reports_the_deadline(env):
+    env.kubectl("set", "image", f"deployment/{NAME}", f"serving={env.image(BROKEN)}")
+    r = env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s", check=False)
+    assert r.returncode != 0 and "exceeded its progress deadline" in r.stderr
+    status = env.backend().status()
+    assert status["live"]["health"] == "failed" and status["live"]["version"] == BROKEN
+    # The orchestrator may switch away from a failed rollout (it is not "in progress").
+    assert env.backend().switch(NEW)["outcome"] == "succeeded"
+
+
+@pytest.mark.engine
+def test_tamper_refusal_with_the_real_registry(env):
+    """The tag check asks the real registry on 127.0.0.1:5000: a tag that no longer points at the
+    recorded digest is refused before anything reaches the cluster."""
+    try:
+        requests.get("http://127.0.0.1:5000/v2/", timeout=2)
+    except requests.RequestException:
+        pytest.skip("no registry on 127.0.0.1:5000 (make engine starts one)")
+    repo = f"aads-k8stest-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:5000/v2/{repo}"
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+                         "config": {}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    up = requests.post(f"{base}/blobs/uploads/", timeout=10)
+    assert up.status_code == 202, up.text
+    location = up.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    put = requests.put(f"{location}{sep}digest={config_digest}", data=config, timeout=10,
+                       headers={"Content-Type": "application/octet-stream"})
+    assert put.status_code == 201, put.text
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                      "size": len(config), "digest": config_digest}, "layers": []}).encode()
+    put = requests.put(f"{base}/manifests/{NEW}", data=manifest, timeout=10,
+                       headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert put.status_code == 201, put.text
+    real_digest = put.headers["Docker-Content-Digest"]
+    try:
+        ledger = env.ctx().ledger
+        build = ledger.latest_build(NEW)
+        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
+                           digest=digest_of("what we pushed back then"))
+        with pytest.raises(TamperError, match=f"127.0.0.1:5000/{repo}:{NEW} moved to {real_digest}"):
+            env.backend().switch(NEW)
+        assert env.patches() == []
+        # The digest the registry really has passes the check.
+        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
+                           digest=real_digest)
+        assert env.backend().switch(NEW)["digest"] == real_digest
+        assert env.live_image() == f"127.0.0.1:5000/{repo}@{real_digest}"
+    finally:
+        requests.delete(f"{base}/manifests/{real_digest}", timeout=10)  # refused where deletes are disabled
