@@ -157,23 +157,23 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
     if as_json:
         ctx.emit_json(rows)
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("VERSION", "STATE", "BACKBONE", "BUILD", "DIGEST", "NOTES"):
-        table.add_column(col)
+    lines, notes = [("VERSION", "STATE", "BACKBONE", "BUILD", "DIGEST")], {}
     for r in rows:
         b, p = r["build"], r["push"]
-        notes = []
-        if not r["valid"]:
-            notes.append(f"[red]invalid manifest[/]: {r['error'][:80]}")
-        if r["manifest_changed_since_push"]:
-            notes.append("[red]manifest changed after push (frozen)[/]")
-        for d, why in r["failed_digests"].items():
-            notes.append(f"[red]failed[/] {_short(d)} ({why[-1]})")
         state = r["state"] + (f" on {', '.join(r['live_on'])}" if r["live_on"] else "")
-        table.add_row(r["version"], state, r["backbone"] or "-",
-                      f"{b['variant']} {b['image_id'][7:19]}" if b else "-", _short(p["digest"] if p else None),
-                      "; ".join(notes))
-    ctx.stdout.print(table)
+        lines.append((r["version"], state, r["backbone"] or "-",
+                      f"{b['variant']} {b['image_id'][7:19]}" if b else "-", _short(p["digest"] if p else None)))
+        notes[r["version"]] = (
+            ([f"invalid manifest: {r['error']}"] if not r["valid"] else [])
+            + (["manifest changed after push: the version is frozen, make a new one"]
+               if r["manifest_changed_since_push"] else [])
+            + [f"failed digest {_short(d)}: {'; '.join(why)}" for d, why in r["failed_digests"].items()]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    for line in lines:
+        ctx.stdout.print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), markup=False)
+        for note in notes.get(line[0], []):
+            ctx.stdout.print(f"  [red]![/] {note}", soft_wrap=True)
 
 
 @click.command("show")
