@@ -213,15 +213,20 @@ def _print_history(ctx: Context, h: dict[str, Any]) -> None:
         ctx.stdout.print(f"no switches on target {h.get('target')} yet")
         return
     t = Table(title=f"history of {h.get('target')}", title_justify="left")
-    for col in ("#", "at (UTC)", "action", "from → to", "outcome", "phases", "user", "reason"):
+    # kubernetes: one row per Deployment revision, as `kubectl rollout history` lists them.
+    kube = any("revision" in e for e in entries)
+    for col in ("revision" if kube else "#", "at (UTC)", "action", "from → to", "outcome",
+                "change-cause" if kube else "phases", "user", "reason"):
         t.add_column(col, overflow="fold")
-    colours = {"succeeded": "green", "noop": "cyan", "running": "yellow", "interrupted": "yellow"}
+    colours = {"succeeded": "green", "noop": "cyan", "running": "yellow", "interrupted": "yellow",
+               "live": "green", "superseded": "dim"}
     for e in entries:
         c = colours.get(e["outcome"], "red")
         to = (e.get("to_version") or "-") + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
-        t.add_row(str(e.get("id", "")), (e.get("at") or "")[:19].replace("T", " "), e["action"],
-                  f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
-                  _fmt_phases(e.get("phases") or {}), e.get("user") or "-", e.get("reason") or "")
+        t.add_row(str(e.get("revision" if kube else "id", "")), (e.get("at") or "")[:19].replace("T", " "),
+                  e["action"], f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
+                  (e.get("change_cause") or "-") if kube else _fmt_phases(e.get("phases") or {}),
+                  e.get("user") or "-", e.get("reason") or "")
     ctx.stdout.print(t)
     rate = h.get("success_rate")
     if rate is None:
