@@ -54,6 +54,9 @@ bench-backbones: install  ## DINOv3 vs DINOv2 latency/throughput/memory, dynamic
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_dynamic_depth.py
 
+bench-images: install engine models  ## image size per version/variant, layers shared by the versions, cold vs cached build
+	$(PY) benchmarks/bench_images.py
+
 bench-switch: images  ## switch + rollback under load through the edge (own stack; docs/benchmarks.md)
 	$(PY) benchmarks/bench_switch.py
 

@@ -18,7 +18,6 @@ BASE_IMAGE=${AADS_BASE_IMAGE:-aads-base:bookworm}
 ENGINE_DIR=${AADS_ENGINE_DIR:-/var/lib/aads-engine}
 MIRROR=${AADS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 COMPOSE_VERSION=2.26.1
-PACKAGES=(docker.io docker-compose docker-registry debootstrap)
 CHECK_ONLY=0
 [[ ${1:-} == --check ]] && CHECK_ONLY=1
 
@@ -66,7 +65,7 @@ packages() {
     need_root "packages ${missing[*]}" || return 0
     say "installing ${missing[*]} (apt-get)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # 2. the engine --------------------------------------------------------------------------------
