@@ -191,7 +191,8 @@ def _print_status(ctx: Context, st: dict[str, Any]) -> None:
         for k in keys:
             s.add_column(k)
         for x in slots:
-            s.add_row(*[str(x.get(k)) if x.get(k) is not None else "-" for k in keys])
+            s.add_row(*[(_short_image(x[k]) if k == "image" else str(x[k])) if x.get(k) is not None else "-"
+                        for k in keys])
         out.print(s)
     drift = st.get("drift") or []
     if drift:
@@ -205,6 +206,11 @@ def _print_status(ctx: Context, st: dict[str, Any]) -> None:
                   f"step {it['step']}): {it['repair']}")
     for it in st.get("switch_running") or []:
         out.print(f"[cyan]switch #{it['id']} in progress[/cyan] ({it['action']} → {it['to_version']}, step {it['step']})")
+
+
+def _short_image(ref: str) -> str:
+    head, sep, digest = ref.rpartition("@")
+    return f"{head}@{digest[:19]}…" if sep else ref
 
 
 def _print_history(ctx: Context, h: dict[str, Any]) -> None:
