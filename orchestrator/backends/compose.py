@@ -441,6 +441,8 @@ class ComposeBackend:
                          data={"live_slot": from_slot, "candidate_slot": slot, "keep_previous": keep_previous,
                                "live_image": live.image_ref})
         steps = Steps(self.ctx, sw)
+        t0 = time.monotonic()
+        traffic_s: float | None = None  # command start -> new requests go to the candidate
         cand: Candidate | None = None
         started = flipped = False
         warm = False
@@ -472,6 +474,7 @@ class ComposeBackend:
                 rt.enable(slot)
                 rt.wait_up(slot)
                 rt.drain(from_slot)
+                traffic_s = round(time.monotonic() - t0, 3)
                 self.write_edge_config(slot)
             with steps.step("confirm", f"{self.edge_url}/v1/version names {version}"):
                 self.confirm(cand)
@@ -504,7 +507,7 @@ class ComposeBackend:
             self.ctx.note(f"[yellow]warning: {n}[/yellow]")
         return result(outcome="succeeded", target=self.target, from_version=live.version, to_version=cand.version,
                       digest=cand.digest, slot=slot, reason="; ".join(notes) or None, phases=steps.phases,
-                      warm=warm, kept_previous=keep_previous, repaired=repaired)
+                      warm=warm, kept_previous=keep_previous, repaired=repaired, traffic_switched_s=traffic_s)
 
     def _fail(self, sw: Switch, steps: Steps, e: Exception, *, cand: Candidate | None, slot: str, from_slot: str,
               started: bool, flipped: bool, warm: bool, live: Live) -> dict[str, Any]:
