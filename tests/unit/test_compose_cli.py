@@ -153,3 +153,25 @@ def test_gpu_room_verdict():
 def test_other_slot():
     assert backend.other("blue") == "green" and backend.other("green") == "blue"
     assert backend.other(None) == "blue"
+
+
+def test_history_success_rate_counts_switches_not_noops(tmp_path):
+    from orchestrator.context import Context
+    from orchestrator.ledger import Ledger
+    from orchestrator.switchflow import history
+
+    ctx = Context()
+    ctx.__dict__["ledger"] = Ledger(tmp_path)  # cached_property: a ledger of our own
+    for outcome in ("succeeded", "noop", "failed", "succeeded", "reverted", "succeeded"):
+        sw = ctx.ledger.begin_switch(target="t", action="switch", to_version="v5.5.4-dinov3",
+                                     from_version="v5.5.3-performance", digest="sha256:" + "c" * 64, command=None)
+        ctx.ledger.record_phase(sw.id, "flip", 0.25)
+        ctx.ledger.finish_switch(sw.id, outcome, None if outcome == "succeeded" else "why")
+    ctx.ledger.mark_failed_digest(digest="sha256:" + "c" * 64, version="v5.5.4-dinov3", target="t", reason="x")
+    h = history(ctx, "t")
+    assert [e["outcome"] for e in h["entries"]] == ["succeeded", "noop", "failed", "succeeded", "reverted",
+                                                    "succeeded"]
+    assert h["counted"] == 5 and h["succeeded"] == 3 and h["success_rate"] == 0.6
+    assert h["entries"][0]["phases"] == {"flip": 0.25} and h["entries"][0]["failed_digest"] is True
+    assert history(ctx, "t", limit=2)["success_rate"] == 0.5       # over the shown range only
+    assert history(ctx, "other")["success_rate"] is None
