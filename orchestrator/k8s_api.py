@@ -125,6 +125,11 @@ class KubeApi:
                 self.deployment, self.namespace, body, _content_type=content_type, _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT))
 
+    def delete_replicaset(self, name: str) -> None:
+        with self.errors(f"delete replicaset {self.namespace}/{name}"):
+            self.apps.delete_namespaced_replica_set(name, self.namespace, propagation_policy="Background",
+                                                    _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+
     def watch_deployment(self, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
         """Deployment objects as they change after `resource_version` (one watch, up to timeout_s).
         An expired resourceVersion (410) ends the stream; the caller reads again and resumes."""

@@ -317,12 +317,34 @@ class KubernetesBackend:
             self.ctx.ledger.finish_switch(sw.id, "failed", why)
             raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {why}. Roll back by hand: "
                                f"`kubectl rollout undo {self.where} --to-revision={back_to.revision}`") from None
+        kept = self.forget_failed_revision(sw, failed_rev, kr.revision(final))
         if digest and to:
             self.ctx.ledger.mark_failed_digest(digest=digest, version=to, target=self.target, reason=reason)
-        self.ctx.ledger.finish_switch(sw.id, "reverted", reason)
+        self.ctx.ledger.finish_switch(sw.id, "reverted", reason + kept)
         raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {reason}; rolled back to "
                            f"{back_to.label} (its template is now revision {kr.revision(final)}), "
                            f"as `kubectl rollout undo` would")
+
+    def forget_failed_revision(self, sw: Switch, failed_rev: int, live_rev: int) -> str:
+        """Delete the ReplicaSet of the revision that just failed (it has no pods left), so that a
+        later `kubectl rollout undo` goes to the last good revision before this one, never back
+        to the template that failed. The ledger keeps the attempt; history shows it."""
+        if failed_rev == live_rev:
+            return ""
+        try:
+            d = self.api.read_deployment()
+            rs = next((r for r in self.api.replicasets(d) if kr.revision(r) == failed_rev), None)
+            if rs is None or kr.equal_ignore_hash(rs["spec"]["template"], d["spec"]["template"]):
+                return ""
+            self.api.delete_replicaset(rs["metadata"]["name"])
+        except OrchestratorError as e:
+            self.ctx.note(f"[yellow]warning: the failed revision {failed_rev} is kept ({e}); a plain `kubectl "
+                          f"rollout undo` would go back to it: use --to-revision[/yellow]")
+            return f" (failed revision {failed_rev} kept: {e})"
+        self.ctx.ledger.enter_step(sw.id, "undo-wait", removed_revision=failed_rev)
+        self.ctx.note(f"  removed the failed revision {failed_rev}: `kubectl rollout undo` now returns to the "
+                      f"revision before it")
+        return ""
 
     # ---- status and history ------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -333,7 +355,7 @@ class KubernetesBackend:
         s = d.get("status") or {}
         replicas = d["spec"].get("replicas", 1)
         health = ("failed" if state.failed else "progressing" if not state.done
-                  else "healthy" if s.get("availableReplicas", 0) >= replicas else "degraded")
+                  else "ready" if s.get("availableReplicas", 0) >= replicas else "degraded")
         done = kr.condition(d, "Progressing") or {}
         current = next((r for r in rss if kr.revision(r) == live.revision), None)
         since = (done.get("lastUpdateTime") if done.get("reason") == "NewReplicaSetAvailable" else None) or (
@@ -351,15 +373,27 @@ class KubernetesBackend:
                          f"(e.g. `kubectl rollout undo`)")
         if not state.done:
             drift.append(state.failed or state.message)
+        kept = []  # one row per kept revision, newest first (the "slots" of this backend)
+        for rs in sorted(rss, key=kr.revision, reverse=True):
+            info = self.describe(rs["spec"]["template"], kr.revision(rs))
+            rst = rs.get("status") or {}
+            kept.append({"revision": info.revision, "state": "live" if info.revision == live.revision else
+                         ("scaling down" if rst.get("replicas") else "kept (0 pods)"),
+                         "health": f"{rst.get('readyReplicas', 0)}/{rs['spec'].get('replicas', 0)} ready",
+                         "version": info.label, "image": info.image})
+        previous = next((k for k in kept if k["revision"] < live.revision), None)
         return {
             "target": self.target, "kind": self.kind, "namespace": self.spec.namespace,
             "deployment": self.spec.deployment, "server": self.api.server,
             "live": {"version": live.label, "digest": live.digest, "image": live.image, "revision": live.revision,
-                     "since": since, "health": health, "annotated_version": live.annotated},
+                     "slot": f"revision {live.revision}", "since": since, "health": health,
+                     "annotated_version": live.annotated},
+            "previous": previous and {"version": previous["version"], "slot": f"revision {previous['revision']}",
+                                      "revision": previous["revision"]},
+            "slots": kept,
             "replicas": {"desired": replicas, "updated": s.get("updatedReplicas", 0), "ready": s.get("readyReplicas", 0),
                          "available": s.get("availableReplicas", 0), "total": s.get("replicas", 0)},
             "rollout": state.message,
-            "revisions": sorted(kr.revision(r) for r in rss),
             "drift": drift,
         }
 
@@ -404,18 +438,31 @@ class KubernetesBackend:
                 entry.update(action=cause.split()[1])
             else:
                 entry.update(action="external")
+            if entry["outcome"] is None:  # a revision made outside this ledger
+                entry["outcome"] = "live" if rev == current else "superseded"
             entries.append(entry)
             previous = info.label
+        # Attempts with no kept revision (refused before the patch, or failed and removed after the
+        # undo) go where their revision was, or right after the one live when they were tried.
+        kept_revs = {e["revision"] for e in entries}
+        for s in switches:
+            if s.outcome in ("noop", "succeeded", "running") or s.data.get("revision") in kept_revs:
+                continue
+            attempt = {"revision": None, "removed_revision": s.data.get("removed_revision"),
+                       "change_cause": s.command, "version": s.to_version, "image": s.data.get("image"),
+                       "live": False, "revision_history": None, "at": s.started_at, "action": s.action,
+                       "from_version": s.from_version, "to_version": s.to_version, "outcome": s.outcome,
+                       "reason": s.reason, "user": s.user}
+            place = s.data.get("revision") or (s.data.get("from_revision") or 0) + 0.5
+            at = next((i for i, e in enumerate(entries) if e["revision"] is not None and e["revision"] > place),
+                      len(entries))
+            entries.insert(at, attempt)
         if limit:
             entries = entries[-limit:]
         counted = [COUNTED[s.outcome] for s in switches if s.outcome in COUNTED]
-        # Attempts that made no revision (refused before the patch: tag check, RBAC, ...).
-        refused = [{"at": s.started_at, "action": s.action, "to_version": s.to_version, "outcome": s.outcome,
-                    "reason": s.reason, "user": s.user}
-                   for s in switches if s.outcome == "failed" and not s.data.get("revision")]
         return {"target": self.target, "kind": self.kind, "entries": entries,
                 "success_rate": round(sum(counted) / len(counted), 4) if counted else None,
-                "counted": len(counted), "succeeded": sum(counted), "refused": refused[-(limit or 0):]}
+                "counted": len(counted), "succeeded": sum(counted)}
 
 
 def _reason(e: BaseException) -> str:

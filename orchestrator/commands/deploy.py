@@ -229,7 +229,7 @@ def _print_history(ctx: Context, h: dict[str, Any]) -> None:
     for e in entries:
         c = colours.get(e["outcome"], "red")
         to = (e.get("to_version") or "-") + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
-        t.add_row(str(e.get("revision" if kube else "id", "")), (e.get("at") or "")[:19].replace("T", " "),
+        t.add_row(str(e.get("revision" if kube else "id") or "-"), (e.get("at") or "")[:19].replace("T", " "),
                   e["action"], f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
                   (e.get("change_cause") or "-") if kube else _fmt_phases(e.get("phases") or {}),
                   e.get("user") or "-", e.get("reason") or "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -170,7 +171,7 @@ def test_switch_patches_the_digest_and_waits_for_the_rollout(env):
     assert patch["content_type"] == "application/strategic-merge-patch+json"
     status = env.backend().status()
     assert status["live"]["version"] == NEW and status["live"]["revision"] == 2
-    assert status["live"]["health"] == "healthy" and status["drift"] == []
+    assert status["live"]["health"] == "ready" and status["drift"] == []
     ledger = env.ctx().ledger
     assert ledger.live("k8s").version == NEW and ledger.live("k8s").slot == "2"
     assert ledger.history("k8s")[-1].outcome == "succeeded"
@@ -236,22 +237,29 @@ def test_failed_rollout_is_undone_automatically(env):
     assert env.live_image() == env.image(NEW)
     env.k8s.wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in env.k8s.list("pods", NS)}
                      == {env.image(NEW)}, what="broken pods gone")
+    # Revision 2's ReplicaSet came back as revision 4; the failed revision 3 was removed, so that
+    # a plain `kubectl rollout undo` never lands on the template that just failed.
     rss = env.replicasets()
-    assert rss[3]["spec"]["replicas"] == 0 and rss[4]["metadata"]["annotations"][
-        "deployment.kubernetes.io/revision-history"] == "2"
+    assert sorted(rss) == [1, 4]
+    assert rss[4]["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "2"
     ledger = env.ctx().ledger
     sw = ledger.history("k8s")[-1]
     assert sw.outcome == "reverted" and "progress deadline" in sw.reason
-    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4
+    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4 and sw.data["removed_revision"] == 3
     assert digest_of(BROKEN) in ledger.failed_digests()
     assert ledger.live("k8s").version == NEW
     status = env.backend().status()
-    assert status["live"]["version"] == NEW and status["live"]["health"] == "healthy"
+    assert status["live"]["version"] == NEW and status["live"]["health"] == "ready"
     history = env.backend().history()
-    by_rev = {e["revision"]: e for e in history["entries"]}
-    assert by_rev[3]["outcome"] == "reverted" and by_rev[3]["version"] == BROKEN
-    assert by_rev[4]["action"].startswith("undo") and by_rev[4]["version"] == NEW
+    rows = [(e["revision"], e["to_version"], e["outcome"]) for e in history["entries"]]
+    assert rows == [(1, OLD, "superseded"), (None, BROKEN, "reverted"), (4, NEW, "succeeded")]
+    assert history["entries"][1]["removed_revision"] == 3
+    assert history["entries"][2]["action"].startswith("undo after failed switch")
     assert history["success_rate"] == 0.5
+    # The fallback contract holds after a failed switch too: kubectl undo goes to the last good one.
+    env.kubectl("rollout", "undo", f"deployment/{NAME}")
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert env.live_image() == env.image(OLD)
 
 
 def test_our_timeout_also_undoes(env):
@@ -341,7 +349,8 @@ def test_kubectl_rollout_undo_is_a_valid_way_back(env):
     assert f'deployment "{NAME}" successfully rolled out' in r.stdout
 
     def same_story() -> list[tuple[int, str]]:
-        ours = [(e["revision"], e["change_cause"] or "<none>") for e in env.backend().history()["entries"]]
+        ours = [(e["revision"], e["change_cause"] or "<none>") for e in env.backend().history()["entries"]
+                if e["revision"] is not None]
         assert ours == env.kubectl_history()
         return ours
 
@@ -421,3 +430,52 @@ def test_tamper_refusal_with_the_real_registry(env):
         assert env.live_image() == f"127.0.0.1:5000/{repo}@{real_digest}"
     finally:
         requests.delete(f"{base}/manifests/{real_digest}", timeout=10)  # refused where deletes are disabled
+
+
+def orchestrator(env: Env, *args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(env.tmp / "orchestrator.yaml"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=env.tmp,
+                          env={**os.environ, "COLUMNS": "250"})  # rich tables unfolded
+
+
+def test_cli_verbs_on_a_kubernetes_target(env):
+    r = orchestrator(env, "switch", NEW, "--target", "k8s", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["outcome"] == "succeeded" and res["slot"] == "2"
+    assert "successfully rolled out" in r.stderr  # progress on stderr, JSON alone on stdout
+    r = orchestrator(env, "status", "--target", "k8s")
+    assert r.returncode == 0, r.stderr
+    assert NEW in r.stdout and "revision 2" in r.stdout and "drift: none" in r.stdout
+    r = orchestrator(env, "history", "--target", "k8s")
+    assert r.returncode == 0, r.stderr
+    assert f"orchestrator switch {NEW}" in r.stdout and "success rate: 100%" in r.stdout
+    r = orchestrator(env, "rollback", "--to-version", OLD, "--target", "k8s", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to_version"] == OLD
+    h = json.loads(orchestrator(env, "history", "--target", "k8s", "--json").stdout)
+    assert [(e["revision"], e["to_version"], e["live"]) for e in h["entries"]] == [(2, NEW, False), (3, OLD, True)]
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["status", "--target", "k8s-down"], 1, r"error: target k8s-down: the Kubernetes API at http://127\.0\.0\.1:\d+ "
+                                           r"is unreachable \(\w+\); check the kubeconfig and context"),
+    (["switch", NEW, "--target", "k8s-locked"], 1, r'error: target k8s-locked: the Kubernetes API refused to read '
+                                                   r'deployment locked/aads-serving: .* is forbidden'),
+    (["switch", NEW, "--target", "k8s-missing"], 2, r"error: target k8s-missing: deployment aads/nope not found"),
+    (["switch", NEW, "--target", "nope"], 2, r"error: unknown target 'nope'"),
+    (["switch", BROKEN, "--target", "k8s"], 5, r"error: switch to v5\.5\.5-broken on k8s failed: deployment "
+                                               r"\"aads-serving\" exceeded its progress deadline .* rolled back to "
+                                               r"v5\.5\.3-performance"),
+    (["rollback", "--to-version", "v9.9.9-nope", "--target", "k8s"], 2, r"error: unknown version v9\.9\.9-nope"),
+    (["rollback", "--target", "k8s"], 2, r"error: target k8s: nothing to roll back to"),
+])
+def test_cli_errors_are_one_line(env, args, code, message):
+    r = orchestrator(env, *args)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert __import__("re").match(message, last), last
+    assert "Traceback" not in r.stderr
+    assert env.live_image() == env.image(OLD)

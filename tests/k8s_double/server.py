@@ -110,7 +110,7 @@ class Handler(BaseHTTPRequestHandler):
                                 "content_type": self.headers.get("Content-Type", ""),
                                 "accept": self.headers.get("Accept", "")})
         try:
-            body = self._body() if method in ("POST", "PUT", "PATCH") else None
+            body = self._body()  # read even for DELETE (DeleteOptions), so keep-alive stays in step
             if method == "GET" and url.path.rstrip("/") in DISCOVERY:
                 return self._send(200, DISCOVERY[url.path.rstrip("/")])
             if method == "GET" and url.path in ("/healthz", "/livez", "/readyz"):
