@@ -178,7 +178,7 @@ def test_switch_patches_the_digest_and_waits_for_the_rollout(env):
 
 
 def test_switch_to_the_live_version_is_a_noop(env):
-    env.backend().switch(NEW)
+    assert env.backend().up(NEW)["outcome"] == "succeeded"  # `up` on kubernetes: pin the applied Deployment
     rv = env.deployment()["metadata"]["resourceVersion"]
     result = env.backend().switch(NEW)
     assert result["outcome"] == "noop" and "already live" in result["reason"]
@@ -285,6 +285,13 @@ def test_a_rollout_in_progress_is_refused(env):
     # Once it has finished, the switch goes ahead.
     env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
     assert env.backend().switch(NEW)["outcome"] == "succeeded"
+    # A paused Deployment is refused too (the controller would not roll it), switch and rollback alike.
+    env.kubectl("rollout", "pause", f"deployment/{NAME}")
+    for call in (lambda b: b.switch(OLD), lambda b: b.rollback()):
+        with pytest.raises(RolloutBusy, match="is paused; resume it first"):
+            call(env.backend())
+    env.kubectl("rollout", "resume", f"deployment/{NAME}")
+    assert env.backend().rollback()["to_version"] == THIRD
 
 
 def test_unknown_target_and_deployment(env):
