@@ -60,5 +60,8 @@ bench-images: install engine models  ## image size per version/variant, layers s
 bench-switch: images  ## switch + rollback under load through the edge (own stack; docs/benchmarks.md)
 	$(PY) benchmarks/bench_switch.py
 
+bench-backup: install engine  ## backup create/restore vs docker save/load, peak RSS, zstd (own multi-GB test image)
+	$(PY) benchmarks/bench_backup.py
+
 clean:  ## remove build outputs (not the ledger)
 	rm -rf build
