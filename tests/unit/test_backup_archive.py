@@ -399,3 +399,10 @@ def test_cli_verify_json_and_one_line_errors(archive, tmp_path, capsys):
     assert main(["backup", "list", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["archive"]: r["verified"] for r in rows}[archive.name] == "yes"
+
+
+def test_exported_members():
+    import orchestrator.backup as backup
+
+    assert backup.__all__ == sorted(backup.__all__)
+    assert all(hasattr(backup, name) for name in backup.__all__)
