@@ -103,6 +103,11 @@ def register(cli: click.Group) -> None:
           stop      the old slot stops (unless --keep-previous)
         A failure before the flip stops the candidate (exit 5); a failure after it flips back
         (outcome 'reverted', exit 5). A switch to the live version does nothing and says so.
+
+        \b
+        Kubernetes targets: resolve, then patch the Deployment's container to repo@digest
+        (change-cause "orchestrator switch VERSION"), then wait like `kubectl rollout status`;
+        a failed rollout is undone as `kubectl rollout undo` would (exit 5). See docs/kubernetes.md.
         """
         res = get_backend(obj, target).switch(version, keep_previous=keep_previous, wait_lock_s=wait_s)
         _print_result(obj, res, as_json)
@@ -119,6 +124,8 @@ def register(cli: click.Group) -> None:
 
         When the previous slot is still warm (the switch ran with --keep-previous), this is an
         instant flip in the edge; otherwise it is a full switch to the exact digest that ran before.
+        On Kubernetes it is `kubectl rollout undo` (--to-version: the newest kept revision whose
+        pods ran that version); `kubectl rollout undo deployment/aads-serving` works as well.
         """
         res = get_backend(obj, target).rollback(to_version, wait_lock_s=wait_s)
         _print_result(obj, res, as_json)

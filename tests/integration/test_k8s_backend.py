@@ -363,6 +363,9 @@ def test_kubectl_rollout_undo_is_a_valid_way_back(env):
 
     assert same_story() == [(1, "kubectl apply -k k8s/overlays (initial manifests)"),
                             (2, f"orchestrator switch {NEW}"), (3, f"orchestrator switch {THIRD}")]
+    # `--revision N` shows which version a revision runs: the pod template's annotation and image.
+    r = env.kubectl("rollout", "history", f"deployment/{NAME}", "--revision=2")
+    assert f"aads.version: {NEW}" in r.stdout and env.image(NEW) in r.stdout
     r = env.kubectl("rollout", "undo", f"deployment/{NAME}")
     assert "rolled back" in r.stdout
     env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
@@ -383,6 +386,19 @@ def test_kubectl_rollout_undo_is_a_valid_way_back(env):
     env.kubectl("rollout", "undo", f"deployment/{NAME}")
     env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
     assert env.backend().status()["live"]["version"] == NEW
+
+
+def test_revision_history_limit_bounds_what_undo_can_reach(env):
+    env.kubectl("patch", f"deployment/{NAME}", "--type=merge", "-p", '{"spec":{"revisionHistoryLimit":1}}')
+    b = env.backend()
+    b.switch(NEW)
+    b.switch(THIRD)
+    env.k8s.wait_for(lambda: sorted(env.replicasets()) == [2, 3], what="cleanup of revision 1")
+    assert [e["revision"] for e in env.backend().history()["entries"]] == [2, 3] == \
+        [rev for rev, _ in env.kubectl_history()]
+    with pytest.raises(UsageError, match=f"no kept revision .* runs {OLD} \\(revisions: 2={NEW}, 3={THIRD}\\)"):
+        env.backend().rollback(OLD)
+    assert env.backend().switch(OLD)["revision"] == 4  # a switch makes a new ReplicaSet instead
 
 
 def test_kubectl_rollout_status_reports_the_deadline(env):
