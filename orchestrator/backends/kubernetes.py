@@ -104,6 +104,15 @@ class KubernetesBackend:
                              f"(containers: {names}); set `container:` in the target")
         return self.describe(template, kr.revision(d))
 
+    def close_interrupted(self) -> None:
+        """A switch still 'running' while we hold the lock was killed mid-way. Nothing to repair
+        here: the cluster finishes (or times out) a rollout by itself and is what status reads."""
+        for s in self.ctx.ledger.unfinished_switches(self.target):
+            why = (f"the orchestrator stopped during step {s.step or 'start'}; the cluster carried on "
+                   f"(see `orchestrator status`)")
+            self.ctx.ledger.finish_switch(s.id, "interrupted", why)
+            self.ctx.note(f"[yellow]note: switch #{s.id} ({s.action} → {s.to_version}) was interrupted: {why}[/yellow]")
+
     def refuse_paused(self, d: dict[str, Any]) -> None:
         if (d.get("spec") or {}).get("paused"):
             raise RolloutBusy(f"target {self.target}: {self.where} is paused; resume it first with "
@@ -184,6 +193,7 @@ class KubernetesBackend:
         # keep_previous: the previous ReplicaSet is always kept (scaled to 0) for undo.
         known_version(self.ctx, version)
         with target_lock(self.ctx.config.state_path, self.target, wait_lock_s):
+            self.close_interrupted()
             return self._switch(version)
 
     def _switch(self, version: str) -> dict[str, Any]:
@@ -227,6 +237,7 @@ class KubernetesBackend:
         if to_version:
             known_version(self.ctx, to_version)
         with target_lock(self.ctx.config.state_path, self.target, wait_lock_s):
+            self.close_interrupted()
             return self._rollback(to_version)
 
     def _rollback(self, to_version: str | None) -> dict[str, Any]:

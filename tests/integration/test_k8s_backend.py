@@ -502,3 +502,27 @@ def test_cli_errors_are_one_line(env, args, code, message):
     assert __import__("re").match(message, last), last
     assert "Traceback" not in r.stderr
     assert env.live_image() == env.image(OLD)
+
+
+def test_a_killed_switch_is_closed_and_the_cluster_decides(env):
+    """`kill -9` during the wait: the rollout goes on in the cluster; the next command closes the
+    ledger record as interrupted and reads the truth from the cluster."""
+    import signal
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "--config", str(env.tmp / "orchestrator.yaml"),
+                             "switch", NEW, "--target", "k8s"], cwd=env.tmp, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "AADS_PAUSE_AT_STEP": "rollout",
+                                                            "AADS_PAUSE_SECONDS": "60"})
+    try:
+        ledger = Ledger(env.tmp / "state")
+        env.k8s.wait_for(lambda: any(s.step == "rollout" for s in ledger.unfinished_switches("k8s")),
+                         timeout=60, what="the switch to reach its rollout step")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
+    assert env.backend().status()["live"]["version"] == NEW  # the patch was sent; the cluster finished it
+    assert env.backend().rollback()["to_version"] == OLD
+    first = env.ctx().ledger.history("k8s")[0]
+    assert first.outcome == "interrupted" and "during step rollout" in first.reason
