@@ -33,6 +33,7 @@ from orchestrator.switchflow import COUNTED, Steps, result
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 UNKNOWN = "unknown image"
+UNDO_MIN_WAIT_S = 60.0
 
 
 class RolloutBusy(OrchestratorError):
@@ -321,7 +322,9 @@ class KubernetesBackend:
                 patched = self.api.patch_deployment(kr.undo_patch(d, rs), JSON_PATCH, f"roll back {self.where}")
                 self.ctx.ledger.enter_step(sw.id, "undo", revision=failed_rev)
             with steps.step("undo-wait", f"{self.where}: wait for revision {back_to.revision}'s template"):
-                final = self.wait_rollout(patched, self.spec.timeout_s)
+                # The way back gets at least a minute even where timeout_s is short: giving up on it
+                # leaves the operator with a half-rolled Deployment.
+                final = self.wait_rollout(patched, max(self.spec.timeout_s, UNDO_MIN_WAIT_S))
                 self.ctx.ledger.enter_step(sw.id, "undo-wait", undo_revision=kr.revision(final))
         except (RolloutFailed, OrchestratorError, kr.NoRevision) as e:
             why = f"{reason}; the automatic undo failed too: {_reason(e)}"
