@@ -23,7 +23,7 @@ import yaml
 
 from orchestrator.backends import get_backend
 from orchestrator.context import Context
-from orchestrator.errors import ConfigError, OrchestratorError, SwitchFailed, TamperError, UsageError
+from orchestrator.errors import ConfigError, SwitchFailed, TamperError, UsageError
 from orchestrator.k8s_api import KubeForbidden, KubeNotFound, KubeUnreachable
 from orchestrator.backends.kubernetes import RolloutBusy
 from orchestrator.ledger import Ledger

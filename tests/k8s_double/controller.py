@@ -29,7 +29,6 @@ import threading
 import time
 from typing import Any
 
-from tests.k8s_double.selectors import match_labels
 from tests.k8s_double.store import ApiError, Store, parse_timestamp, timestamp
 
 REVISION = "deployment.kubernetes.io/revision"
