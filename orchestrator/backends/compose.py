@@ -401,7 +401,8 @@ class ComposeBackend:
             return {**self._switch_locked(version, keep_previous=keep_previous, action="switch"),
                     "interrupted": interrupted}
 
-    def rollback(self, to_version: str | None = None, *, wait_lock_s: float = 0.0) -> dict[str, Any]:
+    def rollback(self, to_version: str | None = None, *, wait_lock_s: float = 0.0,
+                 keep_previous: bool = False) -> dict[str, Any]:
         if to_version:
             _validate(to_version)
         with target_lock(self.ctx.config.state_path, self.target, wait_lock_s):
@@ -411,7 +412,7 @@ class ComposeBackend:
             if not version:
                 raise UsageError(f"nothing to roll back to on {self.target}: {live.version} is the only version "
                                  f"that was live (use `orchestrator rollback --to-version VERSION`)")
-            return {**self._switch_locked(version, keep_previous=False, action="rollback"),
+            return {**self._switch_locked(version, keep_previous=keep_previous, action="rollback"),
                     "interrupted": interrupted}
 
     def _live_or_refuse(self) -> Live:

@@ -6,6 +6,7 @@ returns as a table, or as JSON with --json. Progress goes to stderr, so --json s
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from orchestrator.backends import get_backend
 from orchestrator.context import Context
+from orchestrator.errors import UsageError
 
 TARGET_HELP = "Deployment target from orchestrator.yaml (default: the config's default_target, `local`)."
 
@@ -115,11 +117,13 @@ def register(cli: click.Group) -> None:
     @cli.command("rollback")
     @click.option("--to-version", metavar="VERSION", help="Go to this version instead of the previous live one.")
     @_target_option
+    @click.option("--keep-previous", is_flag=True,
+                  help="Compose: keep the slot rolled away from running (warm), to flip forward again instantly.")
     @_wait_option
     @_json_option
     @click.pass_obj
-    def rollback_cmd(obj: Context, to_version: str | None, target: str | None, wait_s: float,
-                     as_json: bool) -> None:
+    def rollback_cmd(obj: Context, to_version: str | None, target: str | None, keep_previous: bool,
+                     wait_s: float, as_json: bool) -> None:
         """Return to the previous live version (or --to-version).
 
         When the previous slot is still warm (the switch ran with --keep-previous), this is an
@@ -127,7 +131,13 @@ def register(cli: click.Group) -> None:
         On Kubernetes it is `kubectl rollout undo` (--to-version: the newest kept revision whose
         pods ran that version); `kubectl rollout undo deployment/aads-serving` works as well.
         """
-        res = get_backend(obj, target).rollback(to_version, wait_lock_s=wait_s)
+        backend = get_backend(obj, target)
+        extra = {}
+        if keep_previous:
+            if "keep_previous" not in inspect.signature(backend.rollback).parameters:
+                raise UsageError(f"--keep-previous applies to compose targets only, not {type(backend).__name__}")
+            extra["keep_previous"] = True
+        res = backend.rollback(to_version, wait_lock_s=wait_s, **extra)
         _print_result(obj, res, as_json)
 
     @cli.command("status")
