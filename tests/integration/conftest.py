@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("v5.5.3-performance", "v5.5.4-dinov3")
 REGISTRY_HOST = os.environ.get("AADS_TEST_REGISTRY_HOST", "127.0.0.1:5000")
 CLI_TIMEOUT_S = 1800
+# The demo model sets (`make models`); AADS_TEST_MODELS_DIR may point at other sets of both versions.
+MODELS_DIR = Path(os.environ.get("AADS_TEST_MODELS_DIR") or REPO / "build" / "models")
 
 
 def _free_port() -> int:
@@ -88,7 +90,7 @@ def orchestrator_root(tmp_path_factory, test_registry) -> Path:
         "registry": test_registry,
         "state_dir": str(root / "state"),
         "versions_dir": str(REPO / "versions"),
-        "models_dir": str(REPO / "build" / "models"),
+        "models_dir": str(MODELS_DIR),
         "default_target": "local",
         "targets": {"local": {
             "kind": "compose", "project": f"aadstest-{secrets.token_hex(3)}",
@@ -121,7 +123,7 @@ def run_cli(orchestrator_env):
 
 def demo_models(version: str) -> Path:
     """The demo model set of `version` (`make models` makes it; made here when missing)."""
-    out = REPO / "build" / "models" / version
+    out = MODELS_DIR / version
     if not (out / "model_set.json").is_file():
         subprocess.run([sys.executable, "-m", "serving.demo_models", "--version-dir", str(REPO / "versions" / version),
                         "--out", str(out)], cwd=REPO, check=True, timeout=1800)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -130,10 +131,16 @@ def test_runs_non_root_on_a_read_only_root(built_versions, engine):
         assert requests.get(f"{probe.base_url}/v1/version", timeout=10).json()["version"] == "v5.5.3-performance"
 
 
-def test_no_change_rebuild_is_a_cache_hit(built_versions, run_cli):
+def test_no_change_rebuild_is_a_cache_hit(built_versions, run_cli, tmp_path):
+    """Two builds in a row with nothing changed give the same image id (every step cached), and
+    the second reuses the golden outputs recorded for that very image instead of starting it."""
+    env = scratch_env(built_versions, tmp_path)
     version = "v5.5.3-performance"
-    again = json.loads(run_cli("build", version, "--variant", "cpu", "--no-golden", "--json").stdout)
-    assert again["image_id"] == built_versions[version]["build"]["image_id"]
+    first = json.loads(run_cli("build", version, "--variant", "cpu", "--json", env=env).stdout)
+    again = run_cli("build", version, "--variant", "cpu", "--json", env=env)
+    assert json.loads(again.stdout)["image_id"] == first["image_id"]
+    assert "reused" in again.stderr
+    assert json.loads(again.stdout)["golden"] == first["golden"]
 
 
 # ---- a tag never moves -----------------------------------------------------------------------
@@ -187,22 +194,37 @@ def _kill_when(proc: subprocess.Popen, condition, timeout_s: float) -> None:
 
 
 def test_build_killed_midway_records_nothing(built_versions, engine, tmp_path):
+    """SIGKILL once during the docker build and once while the golden outputs are being recorded
+    (the ledger write would come next): the ledger is as it was both times."""
     env = scratch_env(built_versions, tmp_path)
+    version = "v5.5.4-dinov3"
+    # Forget this version's records in the scratch ledger, so the build must start its image again.
+    db = sqlite3.connect(tmp_path / "state" / LEDGER_FILE)
+    with db:
+        db.execute("DELETE FROM pushes WHERE version = ?", (version,))
+        db.execute("DELETE FROM builds WHERE version = ?", (version,))
+    db.close()
     before = ledger_rows(tmp_path / "state", "builds")
-    image_id = built_versions["v5.5.4-dinov3"]["build"]["image_id"]
+    image_id = built_versions[version]["build"]["image_id"]
+    context = tmp_path / "build" / "context" / f"{version}-cpu"
 
-    def probing():  # docker build done, golden outputs being recorded: the ledger write is next
+    def building():  # the context is assembled: the docker build is running
+        return context.is_dir()
+
+    def probing():  # docker build done, golden outputs being recorded
         return any(c.image.id == image_id for c in engine.containers.list(filters={"label": "aads.probe=1"}))
 
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "build", "v5.5.4-dinov3", "--variant", "cpu"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _kill_when(proc, probing, 600)
+        for condition in (building, probing):
+            shutil.rmtree(context, ignore_errors=True)
+            proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "build", version, "--variant", "cpu"],
+                                    env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            _kill_when(proc, condition, 600)
+            assert ledger_rows(tmp_path / "state", "builds") == before, condition.__name__
     finally:
         for c in engine.containers.list(all=True, filters={"label": "aads.probe=1"}):
             if c.image.id == image_id and c.name.startswith("aads-build-probe"):
                 c.remove(force=True)
-    assert ledger_rows(tmp_path / "state", "builds") == before
 
 
 def test_push_killed_midway_records_nothing(built_versions, engine, tmp_path):
