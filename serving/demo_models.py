@@ -42,9 +42,9 @@ SET_FORMAT = 1
 
 # Sizes: the demo set must train in a few minutes on 2 CPU cores and still reach the accuracy
 # and OOD targets on held-out synthetic images; the tiny set only has to exercise every path.
-DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "image_size": {"dinov2": 112, "dinov3": 112},
+DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 112, "dinov3": 112},
         "resize_size": 128, "canvas": 144, "per_class": 100, "calibration_per_class": 30, "epochs": None, "batch_size": None}
-TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": {"dinov2": 56, "dinov3": 64},
+TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 56, "dinov3": 64},
         "resize_size": 72, "canvas": 80, "per_class": 10, "calibration_per_class": 4, "epochs": 2, "batch_size": 16}
 _STAMPED_SOURCES = ("backbones.py", "bundles.py", "demo_models.py", "dynamic_depth.py", "ood.py", "pipeline.py",
                     "preprocess.py", "router.py", "synthetic.py", "train.py")
@@ -97,7 +97,8 @@ def build_model_set(version_dir: str | Path, out_dir: str | Path, tiny: bool = F
             say(f"generating the synthetic image set ({cfg['per_class']} per class) in {data_root}")
             synthetic.generate(data_root, crops, cfg["per_class"], seed=training.seed, size=cfg["canvas"],
                                progress=_stage(progress, "synthetic images"))
-            size = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size")}
+            size = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                                                 "initializer_range")}
             backbone = random_backbone(family, seed=training.seed, **size)
             save_backbone(backbone, tmp / "backbone")
 
@@ -163,6 +164,78 @@ def build_model_set(version_dir: str | Path, out_dir: str | Path, tiny: bool = F
         shutil.rmtree(data_root, ignore_errors=True)
     say(f"wrote {out_dir} in {time.perf_counter() - t0:.0f}s")
     return out_dir
+
+
+TEST_SEED_OFFSET = 2000  # train images use seed, depth calibration seed + 1000, evaluation seed + 2000
+
+
+def evaluate_model_set(version_dir: str | Path, model_dir: str | Path, per_class: int = 40,
+                       ood_per_kind: int = 40, batch_size: int = 32) -> dict:
+    """Serve held-out synthetic images (a seed never trained or calibrated on) through the pipeline.
+
+    accuracy: share of in-distribution images whose diagnosis names the right crop and disease
+    (best guess, whatever the decision); accepted/accepted_accuracy: how many were accepted and
+    how many of those were right; ood_review_rate: share of OOD images (noise, unseen patterns,
+    unseen leaf colours) sent to review. With dynamic depth on, decisions are compared with a
+    second, full-depth pass over the same images.
+    """
+    from serving.dynamic_depth import FULL_DEPTH
+
+    manifest = load_manifest(version_dir)
+    pipe = Pipeline.load(Path(model_dir), manifest)
+    doc = pipe.model_set
+    seed = doc.get("training", {}).get("seed", 0) + TEST_SEED_OFFSET
+    canvas = doc.get("synthetic_set", {}).get("canvas", 144)
+    items = [(c, d, synthetic.leaf_image(c, d, i, seed=seed, size=canvas))
+             for c, ds in manifest.crops.items() for d in ds for i in range(per_class)]
+    items += [(synthetic.OOD_DIR, k, synthetic.ood_image(k, i, seed=seed, size=canvas))
+              for k in synthetic.OOD_KINDS for i in range(ood_per_kind)]
+
+    def serve(policy=None):
+        out, seconds = [], 0.0
+        for b in range(0, len(items), batch_size):
+            batch = [im for _, _, im in items[b:b + batch_size]]
+            t = time.perf_counter()
+            out += pipe.diagnose(batch, [None] * len(batch), policy=policy)
+            seconds += time.perf_counter() - t
+        return out, seconds
+
+    pipe.warmup()
+    got, seconds = serve()
+    ind = [(c, d, g) for (c, d, _), g in zip(items, got) if c != synthetic.OOD_DIR]
+    ood = [(k, g) for (c, k, _), g in zip(items, got) if c == synthetic.OOD_DIR]
+    right = [g.crop == c and g.disease == d for c, d, g in ind]
+    accepted = [g.decision == "accept" for _, _, g in ind]
+    result = {
+        "version": manifest.version, "family": pipe.info["family"], "random_init": pipe.info["random_init"],
+        "num_blocks": pipe.info["num_blocks"], "hidden_size": pipe.info["hidden_size"],
+        "image_size": pipe.preprocess.image_size, "in_distribution_images": len(ind), "ood_images": len(ood),
+        "accuracy": sum(right) / len(ind),
+        "crop_accuracy": sum(g.crop == c for c, _, g in ind) / len(ind),
+        "accepted": sum(accepted) / len(ind),
+        "accepted_accuracy": sum(r for r, a in zip(right, accepted) if a) / max(1, sum(accepted)),
+        "in_distribution_review_reasons": _count(g.reason for _, _, g in ind if g.decision == "review"),
+        "ood_review_rate": sum(g.decision == "review" for _, g in ood) / max(1, len(ood)),
+        "ood_review_rate_by_kind": {k: sum(g.decision == "review" for kk, g in ood if kk == k) /
+                                    max(1, sum(kk == k for kk, _ in ood)) for k in synthetic.OOD_KINDS},
+        "ood_review_reasons": _count(g.reason for _, g in ood if g.decision == "review"),
+        "mean_blocks_used": sum(g.blocks_used for g in got) / len(got),
+        "seconds_per_image": seconds / len(items),
+        "dynamic_blocks": pipe.info["dynamic_blocks"],
+    }
+    if pipe.policy.enabled:
+        full, full_seconds = serve(FULL_DEPTH)
+        key = lambda g: (g.decision, g.reason, g.crop, g.disease)  # noqa: E731
+        result["dynamic_agreement_with_full_depth"] = sum(key(a) == key(b) for a, b in zip(got, full)) / len(got)
+        result["full_depth_seconds_per_image"] = full_seconds / len(items)
+    return result
+
+
+def _count(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 def _write_set_json(directory: Path, doc: dict) -> None:

@@ -26,7 +26,7 @@ from serving.bundles import ModelLoadError, read_bundle, verify_hashes
 from serving.manifest import Manifest
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
-from serving.train import OOD_FILE, load_head
+from serving.train import OOD_FILE, StandardisedHead
 
 __all__ = ["Diagnosis", "ModelLoadError", "Pipeline", "MODEL_SET_FILE", "RANDOM_INIT_NOTICE"]
 
@@ -56,13 +56,12 @@ class Diagnosis:
 class _Adapter:
     crop: str
     classes: list[str]
-    weight: torch.Tensor
-    bias: torch.Tensor
+    head: StandardisedHead
     ood: ood_mod.OODModel
     meta: dict
 
     def predict(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = (feats @ self.weight.T + self.bias).softmax(-1)
+        probs = self.head(feats).softmax(-1)
         conf, idx = probs.max(-1)
         return idx, conf, self.ood.scores(feats)
 
@@ -161,11 +160,11 @@ class Pipeline:
                     model = PeftModel.from_pretrained(backbone, str(adir), adapter_name=crop, is_trainable=False)
                 else:
                     model.load_adapter(str(adir), adapter_name=crop, is_trainable=False)
-                weight, bias = load_head(adir)
+                head = StandardisedHead.load(adir)
                 ood = ood_mod.OODModel.load(adir / OOD_FILE)
             except Exception as e:
                 raise ModelLoadError(f"adapter {adir} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
-            adapters[crop] = _Adapter(crop, list(classes), weight, bias, ood, meta)
+            adapters[crop] = _Adapter(crop, list(classes), head, ood, meta)
         model = model.to(device=dev, dtype=dt).eval()
         view = EncoderView(model)
         dyn_cfg = manifest.dynamic_blocks

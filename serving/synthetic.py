@@ -40,7 +40,7 @@ def _jitter(rng, colour, amount=14):
 
 
 def _background(rng, size):
-    base = np.array(_jitter(rng, rng.choice([(96, 74, 52), (120, 110, 96), (70, 60, 48)]), 18), dtype=np.float32)
+    base = np.array(_jitter(rng, rng.choice([(96, 74, 52), (110, 100, 88)]), 8), dtype=np.float32)
     img = base + rng.normal(0, 10, (size, size, 3))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
@@ -50,9 +50,9 @@ def _leaf_polygon(rng, size, kind):
     cx, cy = size / 2 + rng.uniform(-0.06, 0.06) * size, size / 2 + rng.uniform(-0.06, 0.06) * size
     angle = rng.uniform(0, math.pi)
     if kind == "blade":
-        length, width = size * rng.uniform(0.75, 0.95), size * rng.uniform(0.26, 0.34)
+        length, width = size * rng.uniform(0.9, 1.1), size * rng.uniform(0.36, 0.46)
     else:
-        length, width = size * rng.uniform(0.42, 0.5), size * rng.uniform(0.26, 0.34)
+        length, width = size * rng.uniform(0.46, 0.54), size * rng.uniform(0.32, 0.4)
     pts = []
     n = 64
     for i in range(n):
@@ -82,38 +82,38 @@ def _lesions(rng, draw, mask, disease, angle, size):
     if disease == "healthy":
         return
     if disease == "early_blight":  # brown target spots with concentric rings and a yellow halo
-        for x, y in _inside(rng, mask, rng.integers(3, 7)):
+        for x, y in _inside(rng, mask, rng.integers(8, 14)):
             r = rng.uniform(6, 10) * s
             _ellipse(draw, x, y, r + 3 * s, r + 3 * s, _jitter(rng, (190, 180, 60)))
             for k, col in enumerate([(92, 58, 28), (150, 104, 54), (80, 50, 24), (140, 96, 50)]):
                 rr = r * (1 - k * 0.24)
                 _ellipse(draw, x, y, rr, rr, _jitter(rng, col, 8))
     elif disease == "late_blight":  # large dark olive blotches with pale margins
-        for x, y in _inside(rng, mask, rng.integers(1, 3)):
+        for x, y in _inside(rng, mask, rng.integers(2, 5)):
             r = rng.uniform(14, 24) * s
             _ellipse(draw, x, y, r + 4 * s, r * 0.8 + 4 * s, _jitter(rng, (150, 170, 110)))
             for _ in range(4):
                 _ellipse(draw, x + rng.uniform(-r / 3, r / 3), y + rng.uniform(-r / 3, r / 3),
                          r * rng.uniform(0.55, 0.8), r * rng.uniform(0.45, 0.7), _jitter(rng, (44, 48, 30), 8))
     elif disease == "septoria_leaf_spot":  # many small grey-white spots with dark borders
-        for x, y in _inside(rng, mask, rng.integers(14, 26)):
+        for x, y in _inside(rng, mask, rng.integers(30, 50)):
             r = rng.uniform(2.5, 4) * s
             _ellipse(draw, x, y, r, r, _jitter(rng, (210, 206, 190), 10), outline=_jitter(rng, (70, 40, 30), 8),
                      width=max(1, round(1.4 * s)))
     elif disease == "bacterial_spot":  # many tiny black specks
-        for x, y in _inside(rng, mask, rng.integers(25, 45)):
+        for x, y in _inside(rng, mask, rng.integers(60, 100)):
             r = rng.uniform(1.5, 2.5) * s
             _ellipse(draw, x, y, r, r, _jitter(rng, (20, 18, 14), 6))
     elif disease == "bell_pepper_bacterial_spot":  # brown spots with a yellow halo
-        for x, y in _inside(rng, mask, rng.integers(8, 16)):
+        for x, y in _inside(rng, mask, rng.integers(20, 35)):
             r = rng.uniform(2.5, 4) * s
             _ellipse(draw, x, y, r + 2 * s, r + 2 * s, _jitter(rng, (200, 190, 50)))
             _ellipse(draw, x, y, r, r, _jitter(rng, (90, 50, 20), 8))
     elif disease == "common_rust":  # small elongated orange-brown pustules
-        for x, y in _inside(rng, mask, rng.integers(30, 55)):
+        for x, y in _inside(rng, mask, rng.integers(80, 140)):
             _ellipse(draw, x, y, rng.uniform(2, 3.5) * s, rng.uniform(1.2, 2) * s, _jitter(rng, (196, 96, 30), 12))
     elif disease == "northern_leaf_blight":  # long tan cigar-shaped streaks along the blade
-        for x, y in _inside(rng, mask, rng.integers(2, 4)):
+        for x, y in _inside(rng, mask, rng.integers(4, 7)):
             half, w = rng.uniform(14, 24) * s, rng.uniform(3, 5) * s
             dx, dy = half * math.cos(angle), half * math.sin(angle)
             draw.line((x - dx, y - dy, x + dx, y + dy), fill=_jitter(rng, (196, 178, 132), 10), width=max(2, round(2 * w)))
@@ -132,7 +132,7 @@ def leaf_image(crop: str, disease: str, index: int, seed: int = 0, size: int = 1
     colour, kind = LEAF.get(crop, DEFAULT_LEAF)
     img = _background(rng, size)
     pts, (cx, cy, angle, length) = _leaf_polygon(rng, size, kind)
-    shade = rng.uniform(0.85, 1.15)
+    shade = rng.uniform(0.94, 1.06)
     leaf_col = tuple(int(np.clip(c * shade, 0, 255)) for c in _jitter(rng, colour, 10))
     mask_img = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask_img).polygon(pts, fill=255)
@@ -154,7 +154,7 @@ def leaf_image(crop: str, disease: str, index: int, seed: int = 0, size: int = 1
     mask = np.asarray(mask_img) > 0
     _lesions(rng, draw, mask, disease, angle, size)
     img.paste(leaf, (0, 0), mask_img.filter(ImageFilter.GaussianBlur(0.8)))
-    arr = np.asarray(img, dtype=np.float32) * rng.uniform(0.85, 1.12) + rng.normal(0, 4, (size, size, 3))
+    arr = np.asarray(img, dtype=np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 4, (size, size, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 

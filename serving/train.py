@@ -125,7 +125,12 @@ def train_adapter(job: AdapterJob, images: torch.Tensor, labels: torch.Tensor, o
                                                 lora_dropout=job.lora.dropout,
                                                 target_modules=list(job.lora.target_modules)))
     view = EncoderView(model)
-    head = torch.nn.Linear(view.feature_dim, len(job.classes))
+    # The head sees standardised features (statistics of the untrained features): lesions move a
+    # pooled feature only a little, so without this the head learns far too slowly.
+    model.eval()
+    first = features(view, images[train_idx])
+    center, scale = first.mean(0), first.std(0).clamp_min(1e-6)
+    head = StandardisedHead(center, scale, len(job.classes))
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=tr.learning_rate, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_idx) / tr.batch_size)
@@ -165,8 +170,7 @@ def train_adapter(job: AdapterJob, images: torch.Tensor, labels: torch.Tensor, o
     with staged_directory(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         (tmp / "README.md").unlink(missing_ok=True)  # peft's model card template: not part of a bundle
-        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
-                  str(tmp / HEAD_FILE))
+        save_file(head.to_tensors(), str(tmp / HEAD_FILE))
         ood.save(tmp / OOD_FILE)
         write_bundle(tmp, {
             "kind": "adapter", "crop": job.crop, "classes": list(job.classes), "family": job.family,
@@ -180,9 +184,29 @@ def train_adapter(job: AdapterJob, images: torch.Tensor, labels: torch.Tensor, o
     return metrics
 
 
-def load_head(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    t = load_file(str(directory / HEAD_FILE))
-    return t["weight"].float(), t["bias"].float()
+class StandardisedHead(torch.nn.Module):
+    """logits = Linear((feature - center) / scale); center and scale are fixed, not trained."""
+
+    def __init__(self, center: torch.Tensor, scale: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.register_buffer("center", center.float().clone())
+        self.register_buffer("scale", scale.float().clone())
+        self.linear = torch.nn.Linear(len(center), num_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear((feats.float() - self.center) / self.scale)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"center": self.center.contiguous(), "scale": self.scale.contiguous(),
+                "weight": self.linear.weight.detach().contiguous(), "bias": self.linear.bias.detach().contiguous()}
+
+    @classmethod
+    def load(cls, directory: Path) -> "StandardisedHead":
+        t = load_file(str(directory / HEAD_FILE))
+        head = cls(t["center"], t["scale"], t["weight"].shape[0])
+        head.linear.weight.data.copy_(t["weight"])
+        head.linear.bias.data.copy_(t["bias"])
+        return head.eval()
 
 
 def _rich_progress():
