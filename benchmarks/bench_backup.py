@@ -154,6 +154,16 @@ def remove_image(client: docker.DockerClient, image_id: str) -> None:
         pass
 
 
+def evict(path: Path) -> None:
+    """Flush a file and drop it from the page cache, so the command reading it next reads the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def settle(path: Path | None = None) -> None:
     """Drop the file just written and flush dirty pages, so the next run does not pay for this one."""
     if path is not None:
@@ -172,33 +182,51 @@ def bench_image(client: docker.DockerClient, host: TempHost, image_id: str, work
     image_bytes = 0
     try:
         for i in range(repeats):
+            ours_first = i % 2 == 1  # alternate the order: neither side always gets the warmer cache
             say(f"{label}: round {i + 1}/{repeats}")
-            wall, _, _ = Child.run(["docker", "save", "-o", str(plain), image_id])
-            runs["docker_save"].append({"seconds": wall})
-            settle()
-            wall, rss, res = host.orchestrator("backup", "create", VERSION, "--out", str(out))
-            runs["create"].append({"seconds": wall, "stream_seconds": res["seconds"], "rss": rss,
-                                   "archive": res["archive"], "size": res["size"]})
-            image_bytes = res["image_bytes"]
-            assert image_bytes == plain.stat().st_size, "docker save and the archive's image differ in size"
-            settle()
-            if loads:  # the image must be gone before each load
-                remove_image(client, image_id)
+
+            def docker_save() -> None:
+                wall, _, _ = Child.run(["docker", "save", "-o", str(plain), image_id])
+                runs["docker_save"].append({"seconds": wall})
+
+            def create() -> None:
+                wall, rss, res = host.orchestrator("backup", "create", VERSION, "--out", str(out))
+                runs["create"].append({"seconds": wall, "stream_seconds": res["seconds"], "rss": rss,
+                                       "archive": res["archive"], "size": res["size"],
+                                       "image_bytes": res["image_bytes"]})
+
+            def docker_load() -> None:
+                remove_image(client, image_id)  # the image must be gone before each load
+                evict(plain)
                 wall, _, _ = Child.run(["docker", "load", "-i", str(plain)])
                 runs["docker_load"].append({"seconds": wall})
+
+            def restore() -> None:
                 remove_image(client, image_id)
                 host.forget()
+                evict(Path(runs["create"][-1]["archive"]))
                 wall, rss, res = host.orchestrator("backup", "restore", runs["create"][-1]["archive"])
                 assert res["loaded"], res
                 runs["restore"].append({"seconds": wall, "stream_seconds": res["seconds"], "rss": rss})
+
+            for step in ((create, docker_save) if ours_first else (docker_save, create)):
+                step()
+                os.sync()
+            image_bytes = plain.stat().st_size
+            assert runs["create"][-1]["image_bytes"] == image_bytes, "docker save and the archive's image differ"
+            if loads:
+                for step in ((restore, docker_load) if ours_first else (docker_load, restore)):
+                    step()
             settle(Path(runs["create"][-1]["archive"]))
             wall, rss, res = host.orchestrator("backup", "create", VERSION, "--out", str(out), "--compress", "zstd")
             runs["create_zstd"].append({"seconds": wall, "stream_seconds": res["seconds"], "rss": rss,
                                         "size": res["size"], "ratio": res["ratio"], "archive": res["archive"]})
+            assert res["image_bytes"] == image_bytes, "docker save and the archive's image differ in size"
             if loads:
                 remove_image(client, image_id)
                 host.forget()
-                wall, rss, res = host.orchestrator("backup", "restore", runs["create_zstd"][-1]["archive"])
+                evict(Path(res["archive"]))
+                wall, rss, res = host.orchestrator("backup", "restore", res["archive"])
                 assert res["loaded"], res
                 runs["restore_zstd"].append({"seconds": wall, "stream_seconds": res["seconds"], "rss": rss})
             settle(Path(runs["create_zstd"][-1]["archive"]))

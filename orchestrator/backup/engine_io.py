@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -33,11 +35,59 @@ def get_image(client: docker.DockerClient, ref: str) -> Any | None:
 
 
 def save_chunks(client: docker.DockerClient, image_id: str) -> Iterator[bytes]:
-    """`docker save <image id>` as a stream of chunks (the tar carries no tags)."""
+    """`docker save <image id>` as a stream of chunks (the tar carries no tags).
+
+    A thread reads ahead (at most PREFETCH chunks), so receiving from the engine overlaps with
+    hashing and writing instead of taking turns with them.
+    """
+    def source() -> Iterator[bytes]:
+        try:
+            yield from client.api.get_image(image_id, chunk_size=CHUNK)
+        except DockerException as e:
+            raise EngineError(f"docker save of {image_id[:19]} failed: {_explain(e)}") from None
+
+    return read_ahead(source(), PREFETCH)
+
+
+PREFETCH = 8
+_END = object()
+
+
+def read_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
+    """Iterate `chunks` in a background thread, `depth` items ahead; errors come out in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():  # the consumer may have gone away: never block for good
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=pump, name="docker-save-reader", daemon=True)
+    thread.start()
     try:
-        yield from client.api.get_image(image_id, chunk_size=CHUNK)
-    except DockerException as e:
-        raise EngineError(f"docker save of {image_id[:19]} failed: {_explain(e)}") from None
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def load(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[str]:

@@ -18,6 +18,10 @@ from orchestrator.errors import NoSpaceError, OrchestratorError
 
 # Bytes of member data handed to a progress callback after each chunk.
 ProgressFn = Callable[[int], None]
+# Every this many bytes, start writing the new data out and drop what is already on disk from the
+# page cache: the final fsync then has little left to wait for, and a multi-GB archive does not
+# push the engine's hot files out of memory.
+WRITEBACK_STEP = 64 << 20
 
 
 class HashingWriter:
@@ -63,6 +67,7 @@ class ArchiveWriter:
         self.sizes: dict[str, int] = {}
         self._f: BinaryIO | None = None
         self.committed = False
+        self._advised = (0, 0)   # (start of the range advised last time, end of it)
 
     def __enter__(self) -> "ArchiveWriter":
         try:
@@ -107,6 +112,7 @@ class ArchiveWriter:
         if compress_threads is None:
             for chunk in chunks:
                 out.write(chunk)
+                self._pace()
                 if on_bytes:
                     on_bytes(len(chunk))
         else:
@@ -116,6 +122,7 @@ class ArchiveWriter:
             with cctx.stream_writer(out, closefd=False, write_return_read=True) as z:
                 for chunk in chunks:
                     z.write(chunk)
+                    self._pace()
                     if on_bytes:
                         on_bytes(len(chunk))
         f.write(b"\0" * fmt.padding(out.size))
@@ -127,6 +134,19 @@ class ArchiveWriter:
         self.sums[name] = digest
         self.sizes[name] = out.size
         return digest
+
+    def _pace(self) -> None:
+        f = self.file
+        end = f.tell()
+        prev_start, prev_end = self._advised
+        if end - prev_end < WRITEBACK_STEP:
+            return
+        f.flush()
+        try:  # DONTNEED starts writeback of dirty pages and drops the clean ones (the range before)
+            os.posix_fadvise(f.fileno(), prev_start, end - prev_start, os.POSIX_FADV_DONTNEED)
+        except (AttributeError, OSError):
+            pass
+        self._advised = (prev_end, end)
 
     def commit(self) -> Path:
         """Write SHA256SUMS and the end marker, flush to disk, and rename to the final name."""
