@@ -6,7 +6,7 @@ The whole module runs once under `docker compose` (v2) and once under `docker-co
 its own state dir (a copy of the session ledger) and its own edge port; the orchestrator runs as a
 separate process, as an operator runs it. The tests run in file order on one stack:
 up -> switch (--keep-previous, under load) -> no-op -> rollback (warm, under load) -> edge restart
--> drift + repair -> history.
+-> drift (edge pointed elsewhere; unknown image in a slot) repaired by the next switch -> history.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_switch_to_the_live_version_is_a_noop(stack):
 
 def test_rollback_to_the_warm_previous_slot_flips_back_without_a_failed_request(stack):
     with load(stack) as gen:
-        r = stack.run("rollback", "--json")
+        r = stack.run("rollback", "--keep-previous", "--json")
         result = gen.result()
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
@@ -147,10 +147,11 @@ def test_rollback_to_the_warm_previous_slot_flips_back_without_a_failed_request(
     assert "smoke" not in out["phases"]  # a warm previous slot passed its smoke test when it went live
     assert_no_failed_request(result, {LIVE_VERSION, OTHER_VERSION})
     assert stack.edge_version() == LIVE_VERSION
-    # Without --keep-previous on the rollback, the slot rolled away from is stopped.
-    assert set(running_slots(stack)) == {"blue"}
+    # --keep-previous on the rollback: the slot rolled away from stays warm too.
+    assert set(running_slots(stack)) == {"blue", "green"}
     status = stack.json("status")
-    assert status["previous"]["version"] == OTHER_VERSION and status["previous"]["warm"] is False
+    assert status["previous"]["version"] == OTHER_VERSION and status["previous"]["warm"] is True
+    assert status["drift"] == []
 
 
 def test_an_edge_restart_keeps_the_live_slot(stack):
@@ -168,54 +169,78 @@ def test_an_edge_restart_keeps_the_live_slot(stack):
     assert stack.json("status")["drift"] == []
 
 
-@pytest.fixture
-def unknown_image(stack, engine_client):
-    """The live image with one more label: it serves the same, but the ledger has never seen it."""
-    live = stack.live().image_ref
-    image, _ = engine_client.images.build(fileobj=io.BytesIO(f"FROM {live}\nLABEL aads.test=drift\n".encode()),
-                                          tag=f"{stack.project}-drift:1", rm=True)
-    yield f"{stack.project}-drift:1"
-    for c in stack.containers():
-        if c.attrs["Config"]["Image"] == f"{stack.project}-drift:1":
-            c.remove(force=True)
-    engine_client.images.remove(f"{stack.project}-drift:1", force=True)
-
-
-def test_drift_is_reported_and_repaired_by_the_next_switch(stack, unknown_image):
-    """Someone starts green by hand on an unknown image and points the edge at it."""
+def by_hand(stack: Stack, slot: str, image: str) -> None:
+    """`docker compose up` of one slot on another image, as an operator might do it by hand."""
     env = env_file(stack).read_text().splitlines()
-    by_hand = stack.root / "by-hand.env"
-    by_hand.write_text("".join(ln + "\n" for ln in env if not ln.startswith("GREEN_IMAGE="))
-                       + f"GREEN_IMAGE={unknown_image}\n")
-    up = subprocess.run([*cli(stack), "-p", stack.project, "-f", COMPOSE_FILE, "--env-file", str(by_hand),
-                         "up", "-d", "--no-deps", "--no-build", "green"], capture_output=True, text=True, timeout=300)
+    hand = stack.root / "by-hand.env"
+    key = f"{slot.upper()}_IMAGE="
+    hand.write_text("".join(ln + "\n" for ln in env if not ln.startswith(key)) + f"{key}{image}\n")
+    up = subprocess.run([*cli(stack), "-p", stack.project, "-f", COMPOSE_FILE, "--env-file", str(hand),
+                         "up", "-d", "--no-deps", "--no-build", slot], capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stderr
+
+
+def edge_runtime(stack: Stack) -> EdgeRuntime:
     edge = next(c for c in stack.containers() if c.labels.get("com.docker.compose.service") == "edge")
-    green_port = next(int(ln.split("=")[1]) for ln in env if ln.startswith("GREEN_PORT="))
-    wait_ready(f"http://127.0.0.1:{green_port}", 240)
-    rt = EdgeRuntime.for_container(edge)
+    return EdgeRuntime.for_container(edge)
+
+
+def test_an_edge_sending_traffic_elsewhere_is_drift_repaired_by_the_next_switch(stack):
+    """Someone points the edge at the warm green slot by hand (blue is live per the ledger)."""
+    rt = edge_runtime(stack)
     rt.enable("green")
     rt.wait_up("green")
     rt.disable("blue")
-
+    assert stack.edge_version() == OTHER_VERSION
     status = stack.json("status")
     drift = " | ".join(status["drift"])
-    assert "slot green runs an image the ledger does not know" in drift, drift
-    assert "edge sends traffic to green" in drift and "ledger says blue" in drift, drift
-    r = stack.run("status")
-    assert r.returncode == 0 and "drift" in r.stdout and "next switch repairs it" in r.stdout
+    assert "the edge sends traffic to green, the ledger says blue" in drift, drift
+    table = stack.run("status")
+    assert table.returncode == 0 and "next switch repairs it" in table.stdout
 
     with load(stack) as gen:
         r = stack.run("switch", OTHER_VERSION, "--json")
         result = gen.result()
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
-    assert out["outcome"] == "succeeded" and out["repaired"], out
+    assert out["outcome"] == "succeeded" and out["warm"] is True
+    assert any("edge sent traffic to green" in x for x in out["repaired"]), out
     assert "repaired drift" in r.stderr
-    # Both the unknown image and the live version answered while the repair and the switch ran.
-    assert result.failed == 0, result.failures()[:5]
+    assert_no_failed_request(result, {LIVE_VERSION, OTHER_VERSION})
     status = stack.json("status")
     assert status["drift"] == [] and status["live"]["version"] == OTHER_VERSION
+    assert set(running_slots(stack)) == {"green"}
+
+
+@pytest.fixture
+def unknown_image(stack, engine_client):
+    """An image the ledger has never seen (a plain HTTP server on the base image)."""
+    tag = f"{stack.project}-drift:1"
+    dockerfile = f"FROM aads-base:bookworm\nUSER 10001\nCMD [\"python3\", \"-m\", \"http.server\", \"8000\"]\n"
+    engine_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    yield tag
+    for c in stack.containers():
+        if c.attrs["Config"]["Image"] == tag:
+            c.remove(force=True)
+    engine_client.images.remove(tag, force=True)
+
+
+def test_a_slot_running_an_unknown_image_is_drift_replaced_by_the_next_switch(stack, unknown_image):
+    by_hand(stack, "blue", unknown_image)  # blue is the idle slot now
+    status = stack.json("status")
+    drift = " | ".join(status["drift"])
+    assert f"slot blue runs an image the ledger does not know ({unknown_image})" in drift, drift
+    assert stack.edge_version() == OTHER_VERSION  # the edge never sent it traffic
+
+    with load(stack) as gen:
+        r = stack.run("rollback", "--json")
+        result = gen.result()
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["outcome"] == "succeeded" and out["to_version"] == LIVE_VERSION and out["warm"] is False
+    assert_no_failed_request(result, {LIVE_VERSION, OTHER_VERSION})
+    status = stack.json("status")
+    assert status["drift"] == [] and status["live"]["version"] == LIVE_VERSION
     assert unknown_image not in running_slots(stack).values()
 
 
@@ -226,7 +251,7 @@ def test_history_lists_every_action_with_phases_user_and_success_rate(stack):
     assert actions[0] == ("up", LIVE_VERSION, "succeeded")
     assert ("switch", OTHER_VERSION, "succeeded") in actions
     assert ("switch", OTHER_VERSION, "noop") in actions
-    assert ("rollback", LIVE_VERSION, "succeeded") in actions
+    assert actions.count(("rollback", LIVE_VERSION, "succeeded")) == 2
     for e in entries:
         assert e["at"] and e["user"] and "@" in e["user"]
         if e["outcome"] == "succeeded":
