@@ -75,8 +75,8 @@ def process(tiny_model_set):
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(process, leaf_png):
-    # A lone request waits up to 1.5 s for batch-mates: it is still in flight when SIGTERM arrives.
-    proc, base = process("dinov3", AADS_MAX_WAIT_MS="1500", AADS_MAX_BATCH_SIZE="8")
+    # A lone request waits up to 3 s for batch-mates: it is still in flight when SIGTERM arrives.
+    proc, base = process("dinov3", AADS_MAX_WAIT_MS="3000", AADS_MAX_BATCH_SIZE="8")
     wait_ready(base, proc)
     result: dict = {}
 
@@ -85,7 +85,10 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(process, leaf_pn
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)
+    deadline = time.time() + 20
+    while "aads_requests_in_flight 2.0" not in httpx.get(f"{base}/metrics", timeout=5).text:  # diagnose + this
+        assert time.time() < deadline, "the diagnose request never arrived"
+        time.sleep(0.05)
     sent_at = time.time()
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
