@@ -301,6 +301,8 @@ def docker_build(client, p: BuildPlan, context_dir: Path, console: Console) -> s
                     log.append(line)
                     m = _STEP.match(line)
                     if m:
+                        if not console.is_terminal:  # CI logs: one line per step instead of a live bar
+                            console.print(f"step {m.group(1)}/{m.group(2)}: {m.group(3)[:100]}", markup=False)
                         bar.update(task, completed=int(m.group(1)) - 1, total=int(m.group(2)),
                                    step=f"step {m.group(1)}/{m.group(2)}", description=m.group(3)[:60])
                     elif line.startswith("---> Using cache"):

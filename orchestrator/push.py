@@ -51,9 +51,11 @@ def push_stream(client, repository: str, tag: str, console: Console, label: str)
                 progress = event.get("progressDetail") or {}
                 if layer and progress.get("total"):
                     layers[layer] = (progress.get("current", 0), progress["total"])
-                elif layer and status in ("Pushed", "Layer already exists", "Mounted from"):
+                elif layer and status.startswith(("Pushed", "Layer already exists", "Mounted from")):
                     done = layers.get(layer, (0, 0))[1]
                     layers[layer] = (done, done)
+                    if not console.is_terminal:  # CI logs: one line per layer instead of a live bar
+                        console.print(f"{label}: layer {layer} {status.lower()}", markup=False)
                 total = sum(t for _, t in layers.values())
                 bar.update(task, completed=sum(c for c, _ in layers.values()), total=total or None,
                            description=f"{len(layers)} layers" if layers else status[:40])

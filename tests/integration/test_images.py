@@ -288,3 +288,51 @@ def test_engine_unreachable_is_one_line(built_versions, tmp_path):
     assert proc.returncode != 0
     line = one_error_line(proc)
     assert "Docker engine" in line and "unreachable" in line
+
+
+# ---- release: the annotated tag ---------------------------------------------------------------
+def test_release_tags_a_verified_version_and_never_moves_the_tag(built_versions, tmp_path):
+    """In a scratch git repository holding copies of the version folders (never this repository)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "versions", repo / "versions")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "versions"], check=True)
+    subprocess.run([*git, "commit", "-qm", "versions"], check=True)
+    env = scratch_env(built_versions, tmp_path)
+    config = yaml.safe_load(Path(env["AADS_CONFIG"]).read_text())
+    config["versions_dir"] = str(repo / "versions")
+    Path(env["AADS_CONFIG"]).write_text(yaml.safe_dump(config))
+    cli = [sys.executable, "-m", "orchestrator", "release", "v5.5.3-performance"]
+
+    def release(*extra):
+        return subprocess.run([*cli, *extra], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    first = release("--json")
+    assert first.returncode == 0, first.stderr
+    rel = json.loads(first.stdout)
+    assert rel["created"] is True
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert rel["commit"] == head
+    message = subprocess.run([*git, "tag", "-l", "--format=%(contents)", "v5.5.3-performance"],
+                             capture_output=True, text=True).stdout
+    manifest = load_manifest(repo / "versions" / "v5.5.3-performance")
+    assert " ".join(manifest.description.split()) in message
+    assert manifest_sha256(repo / "versions" / "v5.5.3-performance") in message
+    assert subprocess.run([*git, "cat-file", "-t", "v5.5.3-performance"], capture_output=True,
+                          text=True).stdout.strip() == "tag"  # annotated
+    # again on the same commit: done, nothing moved
+    again = release("--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
+    # uncommitted changes in the folder: refused
+    (repo / "versions" / "v5.5.3-performance" / "NOTES").write_text("x")
+    dirty = release()
+    assert dirty.returncode == 2 and "uncommitted changes" in one_error_line(dirty)
+    # a new commit: the tag exists on another commit and is never moved
+    subprocess.run([*git, "add", "versions"], check=True)
+    subprocess.run([*git, "commit", "-qm", "notes"], check=True)
+    moved = release()
+    assert moved.returncode == 2
+    assert "already exists on commit" in one_error_line(moved)
+    tagged = subprocess.run([*git, "rev-parse", "v5.5.3-performance^{commit}"], capture_output=True, text=True)
+    assert tagged.stdout.strip() == head
