@@ -46,14 +46,15 @@ DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "i
         "resize_size": 128, "canvas": 144, "per_class": 100, "calibration_per_class": 30, "epochs": None, "batch_size": None}
 TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 56, "dinov3": 64},
         "resize_size": 72, "canvas": 80, "per_class": 10, "calibration_per_class": 4, "epochs": 2, "batch_size": 16}
-_STAMPED_SOURCES = ("backbones.py", "bundles.py", "demo_models.py", "dynamic_depth.py", "ood.py", "pipeline.py",
-                    "preprocess.py", "router.py", "synthetic.py", "train.py")
+# The code that decides what the weights and statistics of a set are (not how they are served).
+_STAMPED_SOURCES = ("backbones.py", "dynamic_depth.py", "ood.py", "preprocess.py", "router.py", "synthetic.py",
+                    "train.py")
 
 
 def _stamp(version_dir: Path, cfg: dict, tiny: bool) -> str:
     h = hashlib.sha256()
     h.update(manifest_sha256(version_dir).encode())
-    h.update(json.dumps({"cfg": cfg, "tiny": tiny}, sort_keys=True).encode())
+    h.update(json.dumps({"cfg": cfg, "tiny": tiny, "format": SET_FORMAT}, sort_keys=True).encode())
     here = Path(__file__).parent
     for name in _STAMPED_SOURCES:
         h.update(name.encode() + b"\0" + (here / name).read_bytes())

@@ -206,7 +206,7 @@ class StandardisedHead(torch.nn.Module):
         head = cls(t["center"], t["scale"], t["weight"].shape[0])
         head.linear.weight.data.copy_(t["weight"])
         head.linear.bias.data.copy_(t["bias"])
-        return head.eval()
+        return head.eval().requires_grad_(False)
 
 
 def _rich_progress():
