@@ -30,7 +30,7 @@ from serving.errors import (
     UnsupportedMedia,
 )
 from serving.images import check_content_type, image_from_base64, open_image
-from serving.runtime import DiagnoseItem, Health, Runtime
+from serving.runtime import DiagnoseItem, Runtime
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -161,7 +161,7 @@ async def adapter(request: Request, crop: str) -> JSONResponse:
 @router.post(
     "/v1/diagnose",
     response_model=DiagnoseResponse,
-    responses={k: v for k, v in _ERRORS.items()},
+    responses=_ERRORS,
     openapi_extra=_JSON_OR_MULTIPART,
     tags=["diagnosis"],
 )
@@ -197,7 +197,7 @@ async def diagnose(request: Request) -> JSONResponse:
 @router.post(
     "/v1/diagnose/batch",
     response_model=BatchResponse,
-    responses={k: v for k, v in _ERRORS.items()},
+    responses=_ERRORS,
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _BATCH_SCHEMA}}}},
     tags=["diagnosis"],
 )
@@ -451,5 +451,3 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.item())
     return str(value)
 
-
-__all__ = ["router", "model_note", "Health"]

@@ -51,7 +51,6 @@ def cases(leaf: bytes) -> list[tuple[str, dict, int, str, str]]:
     big = too_big_bmp()
     bomb = png_claiming(100_000, 100_000)
     over_pixels = png_claiming(3_000, 3_000)  # 9 Mpx: under PIL's own limit, over ours
-    post = "/v1/diagnose"
     return [
         ("not an image (json)", {"json": {"image": b64(text)}}, 422, "not_an_image", "not an image"),
         ("not an image (upload)", {"files": {"image": ("x.png", text, "image/png")}}, 422, "not_an_image", "not an image"),
