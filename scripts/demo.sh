@@ -54,8 +54,9 @@ heading "3. Switch to $TO_VERSION, keeping $FROM_VERSION warm (orchestrator swit
 heading "4. The same diagnosis, now on the DINOv3 backbone"
 diagnose "$EDGE"
 
-heading "5. Roll back (orchestrator rollback): the warm previous slot, an instant flip"
-"$ORCH" rollback
+heading "5. Roll back (orchestrator rollback --keep-previous): the warm previous slot, an instant flip"
+# --keep-previous keeps $TO_VERSION warm too: the next `make demo` switches without a cold start.
+"$ORCH" rollback --keep-previous
 diagnose "$EDGE"
 
 heading "6. Status"
