@@ -114,8 +114,11 @@ def request_images(n: int = 32) -> tuple[list, list[bytes]]:
 # -- (a) the raw batched forward pass ----------------------------------------------------------
 
 
-def measure_raw(model_dir: Path, family: str, images: list, batch_sizes: tuple[int, ...], seconds: float) -> dict:
+def measure_raw(model_dir: Path, family: str, images: list, batch_sizes: tuple[int, ...], seconds: float,
+                threads: int) -> dict:
     import torch
+
+    torch.set_num_threads(threads)
 
     from serving.manifest import load_manifest
     from serving.pipeline import Pipeline
@@ -125,9 +128,8 @@ def measure_raw(model_dir: Path, family: str, images: list, batch_sizes: tuple[i
     out = {}
     for b in batch_sizes:
         batch = [images[i % len(images)] for i in range(b)]
-        pipeline.diagnose(batch, [None] * b)  # warm this shape
         done, started, calls = 0, time.perf_counter(), 0
-        while time.perf_counter() - started < seconds or calls < 2:
+        while time.perf_counter() - started < seconds or calls < 1:
             pipeline.diagnose(batch, [None] * b)
             done += b
             calls += 1
@@ -136,7 +138,6 @@ def measure_raw(model_dir: Path, family: str, images: list, batch_sizes: tuple[i
         say(f"{family} raw batch {b:>2}: {done / elapsed:6.2f} images/s ({elapsed / calls * 1000:.0f} ms per call)")
     info = dict(pipeline.info)
     del pipeline
-    torch.set_num_threads(torch.get_num_threads())
     return {"by_batch": out, "num_blocks": info.get("num_blocks"), "hidden_size": info.get("hidden_size"),
             "dynamic_blocks": info.get("dynamic_blocks")}
 
@@ -153,14 +154,14 @@ def free_port() -> int:
 class Service:
     """`python -m serving` on a free 127.0.0.1 port; always stopped (SIGTERM, then kill) on exit."""
 
-    def __init__(self, model_dir: Path, family: str, max_batch: int, max_wait_ms: float):
+    def __init__(self, model_dir: Path, family: str, max_batch: int, max_wait_ms: float, threads: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "AADS_HOST": "127.0.0.1", "AADS_PORT": str(self.port),
                "AADS_MODEL_DIR": str(model_dir), "AADS_MANIFEST_DIR": str(ROOT / "versions" / FAMILIES[family]),
                "AADS_MAX_BATCH_SIZE": str(max_batch), "AADS_MAX_WAIT_MS": str(max_wait_ms),
                "AADS_QUEUE_SIZE": "256", "AADS_DEVICE": "cpu", "AADS_LOG_LEVEL": "warning",
-               "HF_HUB_OFFLINE": "1"}
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -253,15 +254,22 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def measure_service(model_dir: Path, family: str, bodies: list[bytes], max_batch: int, max_wait_ms: float,
-                    seconds: float, max_requests: int, label: str) -> dict:
+                    seconds: float, max_requests: int, label: str, threads: int) -> dict:
     out = {}
-    with Service(model_dir, family, max_batch, max_wait_ms) as service:
+    with Service(model_dir, family, max_batch, max_wait_ms, threads) as service:
         for clients in CONCURRENCY:
             r = asyncio.run(closed_loop(service.url, bodies, clients, seconds, max_requests))
             out[str(clients)] = r
             say(f"{family} {label:<7} {clients:>2} clients: {r['requests_per_s']:6.2f} req/s, "
                 f"p50 {r['p50_ms']:7.0f} ms, p99 {r['p99_ms']:7.0f} ms ({r['requests']} requests, {r['statuses']})")
     return out
+
+
+def torch_threads_for_load() -> int:
+    """Cores, unless other work already oversubscribes them: then 1 (2 threads spinning at barriers
+    on a crowded machine measured 4x slower than 1 here)."""
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] > cores else cores
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -272,19 +280,19 @@ def machine() -> str:
         import torch
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        threads = torch.get_num_threads()
     except Exception:
-        gpu, threads = None, None
+        gpu = None
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = os.getloadavg()[0]
     return (f"{os.cpu_count()}-core {platform.machine()} {platform.system()} VM, {mem_gib:.0f} GiB, "
-            + (f"GPU {gpu}" if gpu else "CPU only") + f", torch threads {threads}, load average {load:.1f} at start")
+            + (f"GPU {gpu}" if gpu else "CPU only") + f", load average {load:.1f} at start (machine shared)")
 
 
 def summarize(results: dict) -> list[str]:
     lines = [SECTION, "",
              f"Command: `make bench-serving` (`{results['command']}`), {results['date']}.",
-             f"Machine: {results['machine']}. Run time {results['wall_s']:.0f} s.", "",
+             f"Machine: {results['machine']}; torch threads {results['torch_threads']}. "
+             f"Run time {results['wall_s']:.0f} s.", "",
              "Same model, same run: (a) `Pipeline.diagnose` in-process on decoded images (the ceiling); "
              "(b) naive service = `python -m serving` with `AADS_MAX_BATCH_SIZE=1` (one forward pass per request, "
              "one request at a time); (c) the micro-batched service "
@@ -339,11 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--families", default="dinov3,dinov2", help="comma-separated: dinov3,dinov2")
-    p.add_argument("--seconds", type=float, default=14.0, help="measured time per concurrency level")
-    p.add_argument("--raw-seconds", type=float, default=6.0, help="measured time per raw batch size")
+    p.add_argument("--seconds", type=float, default=12.0, help="measured time per concurrency level")
+    p.add_argument("--raw-seconds", type=float, default=4.0, help="measured time per raw batch size")
     p.add_argument("--max-requests", type=int, default=600, help="request cap per concurrency level")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="intra-op threads for the raw pass and the services (OMP_NUM_THREADS); 0 = the core count, "
+                        "or 1 when the machine is already oversubscribed (load average above the core count)")
     p.add_argument("--models", type=Path, default=ROOT / "build" / "bench-models")
     p.add_argument("--json-out", type=Path, default=ROOT / "docs" / "benchmarks" / "serving.json")
     p.add_argument("--md", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -356,19 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     t0 = time.perf_counter()
+    threads = args.torch_threads or torch_threads_for_load()
+    say(f"torch threads: {threads} (raw pass and both services alike)")
     images, bodies = request_images()
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "concurrency": list(CONCURRENCY),
-        "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests, "families": {},
+        "torch_threads": threads, "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests, "families": {},
     }
     for family in families:
         model_dir = vit_s_model_set(family, args.models)
-        raw = measure_raw(model_dir, family, images, tuple(sorted({1, 8, args.max_batch})), args.raw_seconds)
-        naive = measure_service(model_dir, family, bodies, 1, 0.0, args.seconds, args.max_requests, "naive")
+        raw = measure_raw(model_dir, family, images, tuple(sorted({1, 8, args.max_batch})), args.raw_seconds, threads)
+        naive = measure_service(model_dir, family, bodies, 1, 0.0, args.seconds, args.max_requests, "naive", threads)
         batched = measure_service(model_dir, family, bodies, args.max_batch, args.max_wait_ms, args.seconds,
-                                  args.max_requests, "batched")
+                                  args.max_requests, "batched", threads)
         at32 = batched["32"]["requests_per_s"]
         results["families"][family] = {
             "version": FAMILIES[family], "raw": raw, "naive": naive, "batched": batched,
