@@ -169,7 +169,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"Load: GET `{report['path']}` through the HAProxy edge, {report['rate']:g} req/s per client kind "
              f"({report['clients']} threads each): *fresh* = a new connection per request, *keep-alive* = "
              f"one connection held across requests. Watch window {report['watch_s']:g} s. "
-             "JSON: `docs/benchmarks/switch.json`.", "",
+             "JSON: `docs/benchmarks/switch.json`." + (f" {report['note']}" if report.get("note") else ""), "",
              "| run | fresh sent / failed | keep-alive sent / failed | command wall s | to traffic s "
              "| flip + drain s | load saw the new version after s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compose", choices=["v1", "v2"], help="force a compose CLI (default: what the host has, v2 first)")
     p.add_argument("--json-out", default=str(ROOT / "docs" / "benchmarks" / "switch.json"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
+    p.add_argument("--note", default="", help="a sentence on the conditions, printed with the results")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="aads-bench-switch-"))
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                                           if (argv or sys.argv[1:]) else ""),
         "machine": machine(), "compose": status.get("compose"),
         "date": time.strftime("%Y-%m-%d"), "rate": args.rate, "clients": args.clients, "path": args.path,
-        "watch_s": args.watch, "runs": runs,
+        "watch_s": args.watch, "note": args.note, "runs": runs,
         "sent_total": sum(r["sent"] for r in runs), "failed_total": sum(r["failed"] for r in runs),
     }
     out = Path(args.json_out)

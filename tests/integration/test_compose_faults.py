@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec
-from tests.integration.conftest_faults import (LIVE_VERSION, OTHER_VERSION, Stack, engine_client,  # noqa: F401
+from serving.manifest import manifest_sha256
+from tests.integration.conftest_faults import (LIVE_VERSION, Stack, engine_client,  # noqa: F401
                                                fault_session, make_stack, one_line_error, own_registry)
 from tests.integration.faulty_images import (FaultyVersion, copy_version_dir, make_faulty_version, push_image,
                                              remove_faulty_version)
@@ -221,26 +222,32 @@ def test_a_candidate_answering_5xx_after_the_flip_is_flipped_back(stack, faulty)
 
 # -- the registry or the engine goes away mid-switch -----------------------------------------------
 
-def test_the_registry_going_away_mid_switch_leaves_the_live_version_serving(stack, own_registry, engine_client):
-    """A candidate only our own registry has: resolve sees it, then the registry stops before the pull."""
-    version = "v5.5.3-registrygone"
-    repository = f"{own_registry.host}/aads-faults"
-    copy_version_dir(stack.versions_dir, stack.versions_dir, LIVE_VERSION, version)
+def copy_of_live(stack: Stack, client, version: str, repository: str) -> str:
+    """Record `version` as the live version's image pushed under a new name; return its digest.
+    (It can never pass the confirm step, which wants /v1/version to name it: these tests stop earlier.)"""
+    folder = copy_version_dir(stack.versions_dir, stack.versions_dir, LIVE_VERSION, version)
     ledger = stack.ledger()
     try:
         base = ledger.build(ledger.latest_push(LIVE_VERSION).build_id)
-        image = engine_client.images.get(base.image_id)
-        image.tag(repository, version)
-        digest = push_image(engine_client, repository, version)
-        # Only the registry holds it under this name now (tag and digest reference gone): the switch must pull.
-        for ref in (f"{repository}:{version}", f"{repository}@{digest}"):
-            engine_client.images.remove(ref, noprune=True)
+        client.images.get(base.image_id).tag(repository, version)
+        digest = push_image(client, repository, version)
         build = ledger.record_build(version=version, variant=base.variant, image_id=base.image_id,
-                                    manifest_sha256=base.manifest_sha256, git_commit=None, size_bytes=None,
+                                    manifest_sha256=manifest_sha256(folder), git_commit=None, size_bytes=None,
                                     golden=base.golden)
         ledger.record_push(version=version, build_id=build.id, repository=repository, tag=version, digest=digest)
     finally:
         ledger.close()
+    return digest
+
+
+def test_the_registry_going_away_mid_switch_leaves_the_live_version_serving(stack, own_registry, engine_client):
+    """A candidate only our own registry has: resolve sees it, then the registry stops before the pull."""
+    version = "v5.5.3-registrygone"
+    repository = f"{own_registry.host}/aads-faults"
+    digest = copy_of_live(stack, engine_client, version, repository)
+    # Only the registry holds it under this name now (tag and digest reference gone): the switch must pull.
+    for ref in (f"{repository}:{version}", f"{repository}@{digest}"):
+        engine_client.images.remove(ref, noprune=True)
     with edge_load(stack) as load:
         proc = stack.start("switch", version, env={"AADS_PAUSE_AT_STEP": "start", "AADS_PAUSE_SECONDS": "5"})
         stack.wait_for_step(proc, "start", timeout=120)
@@ -315,16 +322,18 @@ class EngineSocketProxy:
             self.path.unlink()
 
 
-def test_the_engine_going_away_mid_switch_leaves_the_live_version_serving(stack, tmp_path):
+def test_the_engine_going_away_mid_switch_leaves_the_live_version_serving(stack, tmp_path, engine_client):
     """The orchestrator talks to the engine through a socket we close when the switch enters `start`
     (the shared engine itself keeps running: other work on it is not disturbed)."""
     if not Path("/var/run/docker.sock").exists():
         pytest.skip("the engine is not on /var/run/docker.sock; the proxy needs its socket")
+    version = "v5.5.3-enginegone"
+    copy_of_live(stack, engine_client, version, stack.registry)
     proxy = EngineSocketProxy(tmp_path / "engine.sock")
     env = {"DOCKER_HOST": f"unix://{proxy.path}", "AADS_PAUSE_AT_STEP": "start", "AADS_PAUSE_SECONDS": "5"}
     try:
         with edge_load(stack) as load:
-            proc = stack.start("switch", OTHER_VERSION, env=env)
+            proc = stack.start("switch", version, env=env)
             stack.wait_for_step(proc, "start", timeout=120)
             proxy.stop()
             out, err = proc.communicate(timeout=300)
@@ -334,7 +343,7 @@ def test_the_engine_going_away_mid_switch_leaves_the_live_version_serving(stack,
     line = one_line_error(err)
     assert "failed at start" in line and f"{LIVE_VERSION} keeps serving" in line
     assert_live_kept_serving(stack, load)
-    entry = last_entry(stack, OTHER_VERSION)
+    entry = last_entry(stack, version)
     assert entry["outcome"] == "failed" and entry["reason"].startswith("start:")
     # With the engine back, the next command sees a clean target.
     status = stack.json("status")
@@ -344,7 +353,7 @@ def test_the_engine_going_away_mid_switch_leaves_the_live_version_serving(stack,
 def test_an_unreachable_engine_is_one_clear_line_and_no_half_written_state(stack, tmp_path):
     dead = tmp_path / "nothing-listens-here.sock"
     with edge_load(stack) as load:
-        r = stack.run("switch", OTHER_VERSION, env={"DOCKER_HOST": f"unix://{dead}"})
+        r = stack.run("switch", "v9.9.9-anything", env={"DOCKER_HOST": f"unix://{dead}"})
     assert r.returncode != 0
     assert "unreachable" in one_line_error(r.stderr)
     assert_live_kept_serving(stack, load)
