@@ -60,11 +60,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOADAVG: list[float] = []   # 1-minute load average before each measured command
+
+
 class Child:
     """A child process measured with wait4 (communicate() would reap it before we see rusage)."""
 
     @staticmethod
     def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, int, str]:
+        LOADAVG.append(os.getloadavg()[0])
         out_file = tempfile.TemporaryFile()
         err_file = tempfile.TemporaryFile()
         start = time.perf_counter()
@@ -270,7 +274,10 @@ def render(result: dict[str, Any]) -> str:
              f"`make bench-backup` ({result['machine']}; {result['when']}). Test image: {gb:.2f} GB "
              f"(`{BASE_IMAGE}` + one layer of random data), best of {main['repeats']} runs, each command run as "
              "its own process and timed whole (wall clock, start-up included); plain docker and the orchestrator "
-             "alternate on the same image in the same run. Peak RSS: the orchestrator process (wait4 ru_maxrss).",
+             "alternate (order swapped every round) on the same image in the same run; each input file is "
+             "flushed and dropped from the page cache before it is read. Peak RSS: the orchestrator process "
+             f"(wait4 ru_maxrss). 1-minute load average before the commands: {result['loadavg'][0]}–"
+             f"{result['loadavg'][1]} (the machine was shared with other work).",
              "",
              "| command | seconds | MB/s | vs docker | peak RSS |",
              "| --- | ---: | ---: | ---: | ---: |",
@@ -358,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         remove_image(client, image_id)
         shutil.rmtree(work, ignore_errors=True)
+    result["loadavg"] = [round(min(LOADAVG), 1), round(max(LOADAVG), 1)] if LOADAVG else [None, None]
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)
