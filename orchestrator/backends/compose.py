@@ -683,10 +683,12 @@ class ComposeBackend:
             what = "nothing was live yet; the half-started slot was stopped"
         else:
             repaired = self.reconcile(live)
-            if cand_slot and cand_slot != live.slot:
+            # Before `start` the switch never touched the idle slot (it may hold a warm previous version).
+            stop = bool(cand_slot and cand_slot != live.slot and sw.step not in (None, "resolve"))
+            if stop:
                 self._cleanup_quietly(lambda: self.stop_slot(cand_slot))
             what = (f"back to {live.version} on {live.slot}" + (f" ({'; '.join(repaired)})" if repaired else "")
-                    + (f"; candidate slot {cand_slot} stopped" if cand_slot and cand_slot != live.slot else ""))
+                    + (f"; candidate slot {cand_slot} stopped" if stop else ""))
         self.ctx.ledger.finish_switch(sw.id, "interrupted", f"at {sw.step}; {what}")
         return what
 
