@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 from serving.backbones import choose_device_dtype, real_size_backbone  # noqa: E402
 
 NAMES = {("dinov2", "S"): "ViT-S/14", ("dinov3", "S"): "ViT-S/16", ("dinov2", "B"): "ViT-B/14", ("dinov3", "B"): "ViT-B/16"}
-ROUNDS = {("S", 1): 9, ("S", 8): 5, ("B", 1): 7, ("B", 8): 3}
+ROUNDS = {("S", 1): 7, ("S", 8): 3, ("B", 1): 5, ("B", 8): 2}
 
 
 def _forward(model, x):
@@ -47,7 +46,6 @@ def memory_child(family: str, size: str) -> dict:
     model = real_size_backbone(family, size).to(device=device, dtype=dtype)
     params_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     out = {"params_mib": round(params_mib, 1)}
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for batch in (1, 8):
         x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
         if device.type == "cuda":
@@ -55,9 +53,39 @@ def memory_child(family: str, size: str) -> dict:
             _forward(model, x)
             out[f"peak_mib_b{batch}"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         else:
+            # Reset the kernel's peak-RSS mark (VmHWM) so building the model does not count.
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _status_kib("VmRSS")
             _forward(model, x)
-            out[f"peak_mib_b{batch}"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss, 1)
+            out[f"peak_mib_b{batch}"] = round((_status_kib("VmHWM") - before) / 1024, 1)
+            out["rss_mib_with_model"] = round(before / 1024, 1)
     return out
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_memory(args) -> dict:
+    memory = {}
+    for size in args.sizes.split(","):
+        for f in ("dinov2", "dinov3"):
+            proc = subprocess.run([sys.executable, __file__, "--memory-child", f, size]
+                                  + (["--threads", str(args.threads)] if args.threads else []), capture_output=True,
+                                  text=True, check=True)
+            memory[NAMES[(f, size)]] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"memory {NAMES[(f, size)]}: {memory[NAMES[(f, size)]]}", flush=True)
+    return memory
+
+
+def memory_note() -> str:
+    if torch.cuda.is_available():
+        return "peak_mib_bN: torch.cuda.max_memory_allocated during a batch-N forward (MiB), weights included"
+    return ("peak_mib_bN: peak RSS growth during a batch-N forward over the RSS with the model loaded "
+            "(MiB, activations and workspace); params_mib: weights")
 
 
 def machine() -> str:
@@ -76,16 +104,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="S,B", help="comma-separated: S, B")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "bench_backbones.json")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 is steadier "
+                    "on a machine other processes load")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="re-measure memory only, into the existing JSON")
     ap.add_argument("--memory-child", nargs=2, metavar=("FAMILY", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(memory_child(*args.memory_child)))
         return 0
 
+    if args.memory_only:
+        doc = json.loads(args.out.read_text())
+        doc["memory"] = measure_memory(args)
+        doc["memory_note"] = memory_note()
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     device, dtype = choose_device_dtype(None, "auto")
-    print(f"machine: {machine()}; {device.type}, {str(dtype).removeprefix('torch.')}", flush=True)
+    print(f"machine: {machine()}; {device.type}, {str(dtype).removeprefix('torch.')}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
     t_start = time.perf_counter()
+    load_at_start = round(os.getloadavg()[0], 1)
     results = []
     for size in args.sizes.split(","):
         models = {f: real_size_backbone(f, size).to(device=device, dtype=dtype) for f in ("dinov2", "dinov3")}
@@ -113,18 +155,12 @@ def main() -> int:
                   f"{row['dinov3']['latency_ms']} ms ({row['dinov3']['throughput_img_s']} img/s), "
                   f"ratio v3/v2 {row['dinov3_over_dinov2_latency']}", flush=True)
         del models
-    memory = {}
-    for size in args.sizes.split(","):
-        for f in ("dinov2", "dinov3"):
-            proc = subprocess.run([sys.executable, __file__, "--memory-child", f, size], capture_output=True,
-                                  text=True, check=True)
-            memory[NAMES[(f, size)]] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"memory {NAMES[(f, size)]}: {memory[NAMES[(f, size)]]}", flush=True)
+    memory = measure_memory(args)
     doc = {"command": "make bench-backbones (benchmarks/bench_backbones.py)", "machine": machine(),
+           "threads": torch.get_num_threads(), "load_average_at_start": load_at_start,
            "device": device.type, "dtype": str(dtype).removeprefix("torch."), "input": "224x224",
            "weights": "random init, real configs", "latency": results,
-           "memory_note": ("CUDA max_memory_allocated" if device.type == "cuda" else
-                           "peak RSS growth over the process after model load (MiB)"),
+           "memory_note": memory_note(),
            "memory": memory, "seconds": round(time.perf_counter() - t_start, 1)}
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
