@@ -55,6 +55,8 @@ def main() -> int:
         "full_depth": FULL_DEPTH,
         "calibrated": pipe.policy,
         "manifest_threshold": DepthPolicy(True, pipe.policy.min_blocks, manifest.dynamic_blocks.threshold),
+        # Every sample leaves at the minimum depth: the most early exit can save, and what it costs.
+        "exit_at_min_blocks": DepthPolicy(True, pipe.policy.min_blocks, -1.0),
     }
     key = lambda g: (g.decision, g.reason, g.crop, g.disease)  # noqa: E731
     out = {"version": VERSION, "model_set": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
