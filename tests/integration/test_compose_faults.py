@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docker.errors import ImageNotFound
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec
 from serving.manifest import manifest_sha256
@@ -247,7 +248,12 @@ def test_the_registry_going_away_mid_switch_leaves_the_live_version_serving(stac
     digest = copy_of_live(stack, engine_client, version, repository)
     # Only the registry holds it under this name now (tag and digest reference gone): the switch must pull.
     for ref in (f"{repository}:{version}", f"{repository}@{digest}"):
-        engine_client.images.remove(ref, noprune=True)
+        try:  # removing the last tag of a repository drops its digest reference too
+            engine_client.images.remove(ref, noprune=True)
+        except ImageNotFound:
+            pass
+    with pytest.raises(ImageNotFound):
+        engine_client.images.get(f"{repository}@{digest}")
     with edge_load(stack) as load:
         proc = stack.start("switch", version, env={"AADS_PAUSE_AT_STEP": "start", "AADS_PAUSE_SECONDS": "5"})
         stack.wait_for_step(proc, "start", timeout=120)
