@@ -45,7 +45,7 @@ test-unit: install  ## unit + API tests (no engine)
 	$(PY) -m pytest tests/unit tests/api -q
 
 test: install engine models  ## everything, engine tests included
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 bench-serving: install  ## HTTP vs in-process vs naive serving
 	$(PY) benchmarks/bench_serving.py
