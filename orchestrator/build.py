@@ -340,9 +340,9 @@ def record_golden(client, image: str, version: str, sha: str, console: Console,
 
 def reusable_golden(ctx: Context, version: str, image_id: str) -> Build | None:
     """An earlier build of this very image whose golden outputs cover today's golden set."""
-    names = sorted(name for name, _ in golden.golden_images())
+    wanted = golden.fingerprint()
     for b in reversed(ctx.ledger.builds(version)):
-        if b.image_id == image_id and b.golden and sorted(g["image"] for g in b.golden) == names:
+        if b.image_id == image_id and sorted((g["image"], g.get("sha256")) for g in b.golden) == wanted:
             return b
     return None
 

@@ -10,6 +10,7 @@ The PNGs are made by scripts/make_golden.py (deterministic).
 from __future__ import annotations
 
 import base64
+import hashlib
 from importlib import resources
 from typing import Any
 
@@ -17,6 +18,11 @@ from orchestrator.probe import post_json
 
 COMPARED = ("decision", "reason", "crop", "disease")
 RECORDED = COMPARED + ("confidence", "ood_score")
+
+
+def fingerprint() -> list[tuple[str, str]]:
+    """(name, sha256) of every golden image: what a recorded set of outputs must cover."""
+    return [(name, hashlib.sha256(data).hexdigest()) for name, data in golden_images()]
 
 
 def golden_images() -> list[tuple[str, bytes]]:
@@ -32,7 +38,9 @@ def collect(base_url: str, timeout: float = 60.0) -> list[dict[str, Any]]:
     for name, data in golden_images():
         body = post_json(f"{base_url}/v1/diagnose", {"image": base64.b64encode(data).decode()}, timeout=timeout)
         result = body.get("result", body) if isinstance(body, dict) else {}
-        row: dict[str, Any] = {"image": name}
+        # The image's hash travels with its answer: a golden set changed after a build is then
+        # told apart from a model that answers differently.
+        row: dict[str, Any] = {"image": name, "sha256": hashlib.sha256(data).hexdigest()}
         for key in RECORDED:
             value = result.get(key)
             row[key] = round(value, 4) if isinstance(value, float) else value
@@ -49,6 +57,9 @@ def compare(recorded: list[dict[str, Any]], got: list[dict[str, Any]]) -> list[s
         have = now.get(name)
         if have is None:
             problems.append(f"{name}: no answer")
+            continue
+        if want.get("sha256") and have.get("sha256") and want["sha256"] != have["sha256"]:
+            problems.append(f"{name}: the golden image changed since this build recorded it (rebuild to re-record)")
             continue
         for key in COMPARED:
             if want.get(key) != have.get(key):
