@@ -393,7 +393,8 @@ def test_interrupted_create_leaves_no_archive_under_the_final_name(small, sig):
         else:
             raise AssertionError("the create never got 1 MiB into its temporary file")
         os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=60)
+        # generous: a process in the middle of a large write may take a while to be reaped on a busy host
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

@@ -205,14 +205,14 @@ def test_build_killed_midway_records_nothing(built_versions, engine, tmp_path):
         db.execute("DELETE FROM builds WHERE version = ?", (version,))
     db.close()
     before = ledger_rows(tmp_path / "state", "builds")
-    image_id = built_versions[version]["build"]["image_id"]
     context = tmp_path / "build" / "context" / f"{version}-cpu"
 
     def building():  # the context is assembled: the docker build is running
         return context.is_dir()
 
-    def probing():  # docker build done, golden outputs being recorded
-        return any(c.image.id == image_id for c in engine.containers.list(filters={"label": "aads.probe=1"}))
+    def probing():  # docker build done, golden outputs being recorded: a probe of this version runs
+        return any(c.labels.get("aads.version") == version
+                   for c in engine.containers.list(filters={"label": "aads.probe=1"}))
 
     try:
         for condition in (building, probing):
@@ -223,7 +223,7 @@ def test_build_killed_midway_records_nothing(built_versions, engine, tmp_path):
             assert ledger_rows(tmp_path / "state", "builds") == before, condition.__name__
     finally:
         for c in engine.containers.list(all=True, filters={"label": "aads.probe=1"}):
-            if c.image.id == image_id and c.name.startswith("aads-build-probe"):
+            if c.labels.get("aads.version") == version and c.name.startswith("aads-build-probe"):
                 c.remove(force=True)
 
 
