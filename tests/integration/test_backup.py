@@ -93,8 +93,11 @@ class Host:
         return json.loads(r.stdout)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        # SIGINT back to its default: a test run started in the background (`cmd &`) inherits it
+        # ignored, and then Python installs no Ctrl-C handler in the child either.
         return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=self.root, env=self.env(env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def ledger(self) -> Ledger:
         return Ledger(self.state_dir)
