@@ -64,18 +64,23 @@ def write_bundle(directory: str | Path, meta: dict) -> dict:
     return doc
 
 
+def read_json(path: Path, missing: str = "") -> object:
+    """A JSON file of a model set; ModelLoadError naming it when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} is missing{missing}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} cannot be read ({e})") from None
+
+
 def read_bundle(directory: str | Path, kind: str | None = None) -> dict:
     """Load bundle.json and verify every file it lists. Raises ModelLoadError naming the problem."""
     directory = Path(directory)
     path = directory / BUNDLE_FILE
     if not directory.is_dir():
         raise ModelLoadError(f"bundle directory {directory} does not exist")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} cannot be read ({e})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict) or not doc["files"]:
         raise ModelLoadError(f"{path} lists no files")
     if doc.get("format") != BUNDLE_FORMAT:

@@ -22,7 +22,7 @@ from PIL import Image
 from serving import dynamic_depth
 from serving import ood as ood_mod
 from serving.backbones import EncoderView, choose_device_dtype, load_backbone
-from serving.bundles import ModelLoadError, read_bundle, verify_hashes
+from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.manifest import Manifest
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
@@ -70,12 +70,7 @@ def read_model_set(model_dir: Path) -> dict:
     path = model_dir / MODEL_SET_FILE
     if not model_dir.is_dir():
         raise ModelLoadError(f"model directory {model_dir} does not exist (expected {path})")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} is missing: {model_dir} is not a model set") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} cannot be read ({e})") from None
+    doc = read_json(path, missing=f": {model_dir} is not a model set")
     for key in ("version", "family", "preprocess", "files"):
         if key not in doc:
             raise ModelLoadError(f"{path} lacks {key!r}")
