@@ -11,7 +11,6 @@ a Diagnosis always carry the model's best guess; `decision` says whether to trus
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
