@@ -53,8 +53,12 @@ PREFETCH = 8
 _END = object()
 
 
-def read_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
-    """Iterate `chunks` in a background thread, `depth` items ahead; errors come out in order."""
+def read_ahead(chunks: Iterator[bytes], depth: int, *, join_timeout: float | None = None) -> Iterator[bytes]:
+    """Iterate `chunks` in a background thread, `depth` items ahead; errors come out in order.
+
+    `join_timeout` set: closing the iterator waits (that long at most) for the thread to stop, so
+    the caller may touch what `chunks` reads from afterwards.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -86,7 +90,7 @@ def read_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             put(e)
 
-    thread = threading.Thread(target=pump, name="docker-save-reader", daemon=True)
+    thread = threading.Thread(target=pump, name="read-ahead", daemon=True)
     thread.start()
     try:
         while True:
@@ -98,6 +102,8 @@ def read_ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
             yield item
     finally:
         stop.set()
+        if join_timeout is not None:
+            thread.join(join_timeout)
 
 
 def load(client: docker.DockerClient, chunks: Iterable[bytes]) -> list[str]:

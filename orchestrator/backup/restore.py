@@ -178,10 +178,13 @@ def _load_verified(client: Any, archive: OpenArchive, existed: bool, progress: P
     load_error: EngineError | None = None
     loaded: list[str] = []
     with image_stream(archive) as (stream, reader):
+        feed = _feed(stream, reader, progress, holder)
         try:
-            loaded = engine_io.load(client, _feed(stream, reader, progress, holder))
+            loaded = engine_io.load(client, feed)
         except EngineError as e:
             load_error = e
+        finally:
+            feed.close()  # stops the reading thread before anyone else reads the file
         digest = _drain(reader, holder)
     bad_sum = digest is None or digest != archive.sums.entries[member]
     stream_error = holder.get("error")
@@ -212,18 +215,28 @@ def _load_verified(client: Any, archive: OpenArchive, existed: bool, progress: P
 
 
 def _feed(stream: Any, reader: MemberReader, progress: Progress, holder: dict[str, BaseException]) -> Iterator[bytes]:
-    # An error here ends the upload early (the engine then refuses the short tar); the caller
-    # raises the real cause from `holder` afterwards.
+    """The image bytes for the upload, read (and hashed) by a thread a few MiB ahead of the engine.
+
+    Reading the disk and hashing overlap with the upload instead of taking turns with it: the
+    engine is never kept waiting for the next chunk. An error ends the upload early (the engine
+    then refuses the short tar); the caller raises the real cause from `holder` afterwards.
+    """
+    def chunks() -> Iterator[bytes]:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+
     total = reader.member.size
+    ahead = engine_io.read_ahead(chunks(), engine_io.PREFETCH, join_timeout=60)
     try:
-        while True:
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                break
+        for chunk in ahead:
             yield chunk
             progress("load", reader.done, total)
+    except GeneratorExit:  # closed early: the upload ended (the engine refused it); not an error here
+        raise
     except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
         holder["error"] = e
+    finally:
+        ahead.close()
 
 
 def _drain(reader: MemberReader, holder: dict[str, BaseException]) -> str | None:
