@@ -66,6 +66,7 @@ class BuildPlan:
     source: str
     no_cache: bool = False
     buildargs: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)   # the operator's extra labels (--label)
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -153,8 +154,26 @@ def local_tag(registry: str, version: str, variant: str) -> str:
 
 
 # ---- the plan and the context ----------------------------------------------------------------
+RESERVED_LABEL_PREFIXES = ("aads.", "org.opencontainers.")
+
+
+def extra_labels(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`KEY=VALUE` strings as labels; the keys this project sets itself are refused."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise UsageError(f"label {pair!r}: expected KEY=VALUE (a key without spaces)")
+        if key.startswith(RESERVED_LABEL_PREFIXES):
+            raise UsageError(f"label {key!r}: keys starting with {' or '.join(RESERVED_LABEL_PREFIXES)} are set by "
+                             f"the build itself")
+        labels[key] = value
+    return labels
+
+
 def plan(ctx: Context, version: str, *, variant: str, models: Path | None, base_image: str | None,
-         torch_wheel: Path | None, no_cache: bool = False) -> BuildPlan:
+         torch_wheel: Path | None, no_cache: bool = False, labels: dict[str, str] | None = None) -> BuildPlan:
     known_version(ctx, version)
     if variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}: choose cuda or cpu")
@@ -182,7 +201,7 @@ def plan(ctx: Context, version: str, *, variant: str, models: Path | None, base_
         version=version, variant=variant, version_dir=version_dir, models_dir=models_dir, manifest=manifest,
         manifest_sha256=sha, base_image=base_image or DEFAULT_BASE[variant], torch=torch, torch_wheel=wheel,
         tag=local_tag(ctx.config.registry, version, variant), revision=revision, created=created,
-        source=source, no_cache=no_cache,
+        source=source, no_cache=no_cache, labels=dict(labels or {}),
     )
 
 
@@ -282,7 +301,7 @@ def docker_build(client, p: BuildPlan, context_dir: Path, console: Console) -> s
                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False) as bar:
         task = bar.add_task("", total=None, step="")
         try:
-            stream = client.api.build(path=str(context_dir), tag=p.tag, buildargs=buildargs(p), rm=True,
+            stream = client.api.build(path=str(context_dir), tag=p.tag, buildargs=buildargs(p), labels=p.labels or None, rm=True,
                                       forcerm=True, pull=False, nocache=p.no_cache, decode=True)
             for event in stream:
                 if "error" in event:
@@ -354,10 +373,10 @@ def image_size(client, image_id: str) -> int:
 # ---- the command's flow ----------------------------------------------------------------------
 def build(ctx: Context, version: str, *, variant: str = "cuda", models: Path | None = None,
           base_image: str | None = None, torch_wheel: Path | None = None, no_cache: bool = False,
-          golden_outputs: bool = True) -> Build:
+          golden_outputs: bool = True, labels: dict[str, str] | None = None) -> Build:
     console = ctx.stderr
     p = plan(ctx, version, variant=variant, models=models, base_image=base_image, torch_wheel=torch_wheel,
-             no_cache=no_cache)
+             no_cache=no_cache, labels=labels)
     client = docker_client(timeout=3600)
     ensure_base(client, p, explicit=base_image is not None, console=console)
     root = ctx.config.root

@@ -102,11 +102,15 @@ def new_version_cmd(ctx: Context, name: str, source: str) -> None:
 @click.option("--torch-wheel", type=click.Path(path_type=Path), metavar="FILE",
               help="CPU torch wheel for --variant cpu [default: found in pip's find-links, or $AADS_TORCH_WHEEL]")
 @click.option("--no-cache", is_flag=True, help="build every layer again")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="extra image label (repeatable), e.g. ci.pipeline=1234; aads.* and org.opencontainers.* "
+                   "are set by the build. A label makes a different image id than the same build without it")
 @click.option("--no-golden", is_flag=True, help="skip recording golden outputs (verify and switches then fail)")
 @click.option("--json", "as_json", is_flag=True, help="print the build record as JSON")
 @pass_ctx
 def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, base_image: str | None,
-              torch_wheel: Path | None, no_cache: bool, no_golden: bool, as_json: bool) -> None:
+              torch_wheel: Path | None, no_cache: bool, labels: tuple[str, ...], no_golden: bool,
+              as_json: bool) -> None:
     """Build the image of VERSION and record it in the ledger.
 
     Bakes the version's manifest and model set, starts the built image once to record its
@@ -114,10 +118,10 @@ def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, bas
     commit, build time, size and variant. A version pushed under another manifest hash is
     frozen and refused.
     """
-    from orchestrator.build import build
+    from orchestrator.build import build, extra_labels
 
     b = build(ctx, version, variant=variant, models=models, base_image=base_image, torch_wheel=torch_wheel,
-              no_cache=no_cache, golden_outputs=not no_golden)
+              no_cache=no_cache, golden_outputs=not no_golden, labels=extra_labels(labels))
     if as_json:
         ctx.emit_json(_build_dict(b))
     else:

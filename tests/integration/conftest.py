@@ -33,6 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("v5.5.3-performance", "v5.5.4-dinov3")
+TEST_LABEL = "aads-test.suite=integration"
 REGISTRY_HOST = os.environ.get("AADS_TEST_REGISTRY_HOST", "127.0.0.1:5000")
 CLI_TIMEOUT_S = 1800
 # The demo model sets (`make models`); AADS_TEST_MODELS_DIR may point at other sets of both versions.
@@ -155,7 +156,10 @@ def built_versions(engine, test_registry, orchestrator_root, orchestrator_env, r
                            config_file=orchestrator_root / "orchestrator.yaml", env=orchestrator_env)
     for version in VERSIONS:
         demo_models(version)
-        build = json.loads(run_cli("build", version, "--variant", "cpu", "--json").stdout)
+        # The label makes these images the suite's own: built from the same sources, they would
+        # otherwise share their ids with the operator's `make demo` images, and the tests that
+        # remove an image (backup round trip, faults) would hit the demo's running containers.
+        build = json.loads(run_cli("build", version, "--variant", "cpu", "--label", TEST_LABEL, "--json").stdout)
         push = json.loads(run_cli("push", version, "--json").stdout)
         result.records[version] = {"build": build, "push": push}
     return result

@@ -96,6 +96,7 @@ def test_labels_match_the_manifests(built_versions, engine):
         labels = image.labels
         manifest = load_manifest(REPO / "versions" / version)
         assert labels["aads.version"] == version
+        assert labels["aads-test.suite"] == "integration"  # the suite's own --label reached the image
         assert labels["org.opencontainers.image.version"] == version
         assert labels["aads.manifest-sha256"] == manifest_sha256(REPO / "versions" / version)
         assert labels["aads.backbone"] == f"{manifest.backbone.family}:{manifest.backbone.model_id}"

@@ -161,6 +161,26 @@ def test_models_of_another_version_are_refused(project, capsys):
     assert_one_error(code, err, f"model set of {OLD}, not {NEW}")
 
 
+@pytest.mark.parametrize("label, needle", [
+    ("novalue", "expected KEY=VALUE"),
+    ("=x", "expected KEY=VALUE"),
+    ("a key=x", "expected KEY=VALUE"),
+    ("aads.version=v0", "set by the build itself"),
+    ("org.opencontainers.image.revision=x", "set by the build itself"),
+])
+def test_bad_extra_labels_are_refused_before_any_work(project, capsys, label, needle):
+    code, _, err = run(capsys, "build", NEW, "--variant", "cpu", "--label", label)
+    assert code == 2
+    assert_one_error(code, err, needle)
+    assert Ledger(project / "state").builds() == []
+
+
+def test_extra_labels_parse():
+    from orchestrator.build import extra_labels
+
+    assert extra_labels(["ci.pipeline=1234", "note=a=b", "empty="]) == {"ci.pipeline": "1234", "note": "a=b", "empty": ""}
+
+
 def test_a_pushed_version_is_frozen(project, capsys):
     led = Ledger(project / "state")
     b = led.record_build(version=NEW, variant="cpu", image_id="sha256:" + "1" * 64,
