@@ -180,9 +180,13 @@ def _load_verified(client: Any, archive: OpenArchive, existed: bool, progress: P
     with image_stream(archive) as (stream, reader):
         feed = _feed(stream, reader, progress, holder)
         try:
-            loaded = engine_io.load(client, feed)
+            # Uncompressed, the size is known: a Content-Length upload sends each chunk as it is
+            # (chunked encoding would copy every MiB once more to frame it).
+            loaded = engine_io.load(client, feed if archive.compressed else _Sized(feed, archive.image.size))
         except EngineError as e:
             load_error = e
+        except _UploadAborted:
+            pass  # the cause is in holder
         finally:
             feed.close()  # stops the reading thread before anyone else reads the file
         digest = _drain(reader, holder)
@@ -218,8 +222,9 @@ def _feed(stream: Any, reader: MemberReader, progress: Progress, holder: dict[st
     """The image bytes for the upload, read (and hashed) by a thread a few MiB ahead of the engine.
 
     Reading the disk and hashing overlap with the upload instead of taking turns with it: the
-    engine is never kept waiting for the next chunk. An error ends the upload early (the engine
-    then refuses the short tar); the caller raises the real cause from `holder` afterwards.
+    engine is never kept waiting for the next chunk. An error is kept in `holder` and aborts the
+    upload (the connection drops, the engine discards the partial load); the caller raises the
+    real cause afterwards.
     """
     def chunks() -> Iterator[bytes]:
         while chunk := stream.read(CHUNK):
@@ -235,8 +240,28 @@ def _feed(stream: Any, reader: MemberReader, progress: Progress, holder: dict[st
         raise
     except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
         holder["error"] = e
+        # Raise rather than end: a short body under Content-Length would leave the engine
+        # waiting for the rest.
+        raise _UploadAborted from None
     finally:
         ahead.close()
+
+
+class _UploadAborted(Exception):
+    """The feed stopped on an error (kept in the holder); the HTTP client drops the connection."""
+
+
+class _Sized:
+    """An iterable body with a length, so the HTTP client sends Content-Length instead of chunks."""
+
+    def __init__(self, chunks: Iterator[bytes], size: int):
+        self._chunks, self._size = chunks, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def __len__(self) -> int:
+        return self._size
 
 
 def _drain(reader: MemberReader, holder: dict[str, BaseException]) -> str | None:

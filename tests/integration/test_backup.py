@@ -30,6 +30,7 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +308,41 @@ def test_truncated_anywhere_is_refused_and_leaves_nothing(small):
         if cut in cuts[:2]:  # verify says the same as restore
             verify = small.run("backup", "verify", str(bad))
             assert verify.returncode == 4 and one_line_error(verify.stderr) == line
+
+
+def test_an_upload_stopped_halfway_leaves_nothing_and_never_hangs(small):
+    """An error while the image streams into the engine (here: raised by the progress callback
+    halfway) aborts the upload: the engine must not wait for the rest of a Content-Length body,
+    and nothing is loaded, tagged or recorded."""
+    from orchestrator.backup.restore import restore_backup
+    from orchestrator.context import Context
+
+    path = Path(small.create()["archive"])
+    image_id = small.images[0]
+    small.remove_image(image_id)
+    small.forget(VERSION)
+    shutil.rmtree(small.versions_dir / VERSION)
+
+    def progress(phase: str, done: int, total: int | None) -> None:
+        if phase == "load" and total and done >= total // 2:
+            raise RuntimeError("stopped halfway")
+
+    outcome: dict[str, BaseException] = {}
+
+    def restore() -> None:
+        try:
+            restore_backup(Context(config_path=str(small.config_file)), path, progress=progress)
+        except BaseException as e:  # noqa: BLE001 - examined below
+            outcome["error"] = e
+
+    worker = threading.Thread(target=restore, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "restore hung after the upload was aborted"
+    assert isinstance(outcome.get("error"), RuntimeError) and "stopped halfway" in str(outcome["error"])
+    assert not small.has_image(image_id)
+    assert small.records(VERSION) == ([], [])
+    assert not (small.versions_dir / VERSION).exists()
 
 
 def test_one_byte_changed_in_any_member_is_refused_by_name(small):
