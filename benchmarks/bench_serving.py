@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SECTION = "## Serving: HTTP"
 FAMILIES = {"dinov3": "v5.5.4-dinov3", "dinov2": "v5.5.3-performance"}
 # ViT-S at 224 px: DINOv3 ViT-S/16 (196 patches + CLS + 4 registers), DINOv2 ViT-S/14 (256 patches + CLS).
-VIT_S = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+VIT_S = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "initializer_range": 0.02,
          "image_size": {"dinov2": 224, "dinov3": 224}, "resize_size": 256, "canvas": 256,
          "per_class": 4, "calibration_per_class": 2, "epochs": 1, "batch_size": 8}
 CONCURRENCY = (1, 8, 32)
