@@ -265,17 +265,17 @@ def bench_image(client: docker.DockerClient, host: TempHost, image_id: str, work
     return summary
 
 
-def runs_ratio(summary: dict[str, Any], ours: str, theirs: str) -> float:
-    """Our speed as a share of docker's (1.0 = as fast)."""
-    return summary[theirs]["seconds"] / summary[ours]["seconds"]
+def runs_ratio(summary: dict[str, Any], ours: str, theirs: str, field: str = "seconds") -> float:
+    """Our speed as a share of docker's (1.0 = as fast); `field` "median_seconds" for medians."""
+    return summary[theirs][field] / summary[ours][field]
 
 
 def row(summary: dict[str, Any], name: str, key: str, theirs: str) -> str:
     """One table row: best and median seconds, and speed relative to docker's (best/best, median/median)."""
-    ours, docker_ = summary[key], summary[theirs]
+    ours = summary[key]
     rss = f"{ours['peak_rss_mb']} MB" if "peak_rss_mb" in ours else "-"
     return (f"| {name} | {ours['seconds']} | {ours['median_seconds']} | {ours['mb_per_s']} | "
-            f"{docker_['seconds'] / ours['seconds']:.2f} | {docker_['median_seconds'] / ours['median_seconds']:.2f} | {rss} |")
+            f"{runs_ratio(summary, key, theirs):.2f} | {runs_ratio(summary, key, theirs, 'median_seconds'):.2f} | {rss} |")
 
 
 def render(result: dict[str, Any]) -> str:
@@ -302,8 +302,8 @@ def render(result: dict[str, Any]) -> str:
              "",
              f"Targets: create and restore at ≥ 90% of docker save / load uncompressed — measured "
              f"{main['create_vs_save']:.0%} and {main['restore_vs_load']:.0%} (best against best; median against "
-             f"median {main['docker_save']['median_seconds'] / main['create']['median_seconds']:.0%} and "
-             f"{main['docker_load']['median_seconds'] / main['restore']['median_seconds']:.0%}); peak RSS under 200 MB for a multi-GB "
+             f"median {runs_ratio(main, 'create', 'docker_save', 'median_seconds'):.0%} and "
+             f"{runs_ratio(main, 'restore', 'docker_load', 'median_seconds'):.0%}); peak RSS under 200 MB for a multi-GB "
              f"image — measured {max(main[k]['peak_rss_mb'] for k in ('create', 'restore', 'create_zstd', 'restore_zstd'))} MB "
              "at most.", ""]
     comp = ["Compression (zstd level 3, multithreaded on every core):", "",

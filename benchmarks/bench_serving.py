@@ -28,7 +28,6 @@ import io
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -274,7 +273,8 @@ def torch_threads_for_load() -> int:
 # -- report ------------------------------------------------------------------------------------
 
 
-def machine() -> str:
+def machine(load: float) -> str:
+    """The machine line; `load` is the 1-minute load average when the run started."""
     try:
         import torch
 
@@ -282,7 +282,6 @@ def machine() -> str:
     except Exception:
         gpu = None
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = os.getloadavg()[0]
     return (f"{os.cpu_count()}-core {platform.machine()} {platform.system()} VM, {mem_gib:.0f} GiB, "
             + (f"GPU {gpu}" if gpu else "CPU only") + f", load average {load:.1f} at start"
             + (" (machine shared)" if load > (os.cpu_count() or 1) else ""))
@@ -335,8 +334,7 @@ def summarize(results: dict) -> list[str]:
               "most of the device idle; it was not measured here (no GPU was lent to this task)."]
     loads = [r.get("load_average_after") for r in results["families"].values()]
     cores = os.cpu_count() or 1
-    start = re.search(r"load average ([0-9.]+)", results["machine"])
-    if any(load and load > cores for load in [*loads, float(start[1]) if start else None]):
+    if any(load and load > cores for load in [*loads, results.get("load_average_start")]):
         lines += ["- The machine was shared with other work while this ran (load average at start in the machine "
                   f"line; after each family: {', '.join(str(x) for x in loads)} on {cores} cores). The three modes "
                   "run one after another, so each met different contention: differences of a few tens of percent "
@@ -398,9 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.torch_threads or torch_threads_for_load()
     say(f"torch threads: {threads} (raw pass and both services alike)")
     images, bodies = request_images()
+    start_load = os.getloadavg()[0]
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(start_load),
+        "load_average_start": round(start_load, 1),
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "concurrency": list(CONCURRENCY),
         "torch_threads": threads, "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests, "families": {},
     }

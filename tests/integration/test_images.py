@@ -22,7 +22,7 @@ from orchestrator.engine import probe_container
 from orchestrator.ledger import LEDGER_FILE
 from orchestrator.probe import wait_ready
 from serving.manifest import load_manifest, manifest_sha256
-from tests.integration.conftest import REPO, VERSIONS
+from tests.integration.conftest import REPO, TEST_LABEL, VERSIONS
 
 pytestmark = pytest.mark.engine
 
@@ -96,7 +96,8 @@ def test_labels_match_the_manifests(built_versions, engine):
         labels = image.labels
         manifest = load_manifest(REPO / "versions" / version)
         assert labels["aads.version"] == version
-        assert labels["aads-test.suite"] == "integration"  # the suite's own --label reached the image
+        key, value = TEST_LABEL.split("=")
+        assert labels[key] == value  # the suite's own --label reached the image
         assert labels["org.opencontainers.image.version"] == version
         assert labels["aads.manifest-sha256"] == manifest_sha256(REPO / "versions" / version)
         assert labels["aads.backbone"] == f"{manifest.backbone.family}:{manifest.backbone.model_id}"
