@@ -29,15 +29,14 @@ from orchestrator.backends.kubernetes import RolloutBusy
 from orchestrator.ledger import Ledger
 from tests.k8s_double import KubeDouble
 from tests.k8s_double.registry import RegistryDouble
+from tests.kubectl import kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = shutil.which("kubectl")
 NS, NAME = "aads", "aads-serving"
 REPO_NAME = "aads-ulora"
 OLD, NEW, THIRD, BROKEN = "v5.5.3-performance", "v5.5.4-dinov3", "v5.5.6-extra", "v5.5.5-broken"
 VERSIONS = [OLD, NEW, THIRD, BROKEN]
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (it renders k8s/)")
 
 
 def digest_of(version: str) -> str:
@@ -45,7 +44,7 @@ def digest_of(version: str) -> str:
 
 
 def rendered_deployment() -> dict:
-    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s/overlays/cpu")], capture_output=True, text=True,
+    out = subprocess.run([kubectl(), "kustomize", str(ROOT / "k8s/overlays/cpu")], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     return next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
 
@@ -114,7 +113,7 @@ class Env:
         return [r for r in self.k8s.requests if r["method"] == "PATCH"]
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kcache"),
+        r = subprocess.run([kubectl(), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kcache"),
                             "-n", NS, *args], capture_output=True, text=True, timeout=60)
         if check:
             assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"

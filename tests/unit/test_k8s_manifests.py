@@ -3,7 +3,6 @@ schemas (kubernetes-validate, offline, strict) and keeps the safety settings a r
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,16 +10,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.kubectl import kubectl
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-KUBECTL = shutil.which("kubectl")
-
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
 def render(overlay: str) -> list[dict]:
-    out = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+    out = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
