@@ -34,6 +34,9 @@ from tests.kubectl import kubectl
 ROOT = Path(__file__).resolve().parents[2]
 NS, NAME = "aads", "aads-serving"
 REPO_NAME = "aads-ulora"
+# The name the cluster's nodes pull by (the registry double answers on loopback for the tag check).
+CLUSTER_REPO = "registry.aads.test:5000/aads-ulora"
+PULL_SECRET = "aads-registry"
 OLD, NEW, THIRD, BROKEN = "v5.5.3-performance", "v5.5.4-dinov3", "v5.5.6-extra", "v5.5.5-broken"
 VERSIONS = [OLD, NEW, THIRD, BROKEN]
 
@@ -69,7 +72,8 @@ class Env:
             src = ROOT / "versions" / (v if (ROOT / "versions" / v).is_dir() else NEW)
             shutil.copytree(src, versions / v)
         base = {"kind": "kubernetes", "kubeconfig": "kubeconfig", "namespace": NS, "deployment": NAME,
-                "container": "serving", "timeout_s": 30}
+                "container": "serving", "timeout_s": 30, "repository": CLUSTER_REPO,
+                "image_pull_secret": PULL_SECRET, "overlay": str(ROOT / "k8s/overlays/cpu")}
         (tmp / "orchestrator.yaml").write_text(yaml.safe_dump({
             "registry": self.repo, "state_dir": "state", "versions_dir": "versions", "default_target": "k8s",
             "targets": {
@@ -91,7 +95,7 @@ class Env:
         k8s.mark_bad(self.image(BROKEN))
 
     def image(self, version: str) -> str:
-        return f"{self.repo}@{digest_of(version)}"
+        return f"{CLUSTER_REPO}@{digest_of(version)}"
 
     def ctx(self) -> Context:
         return Context(config_path=str(self.tmp / "orchestrator.yaml"))
@@ -451,7 +455,7 @@ def test_tamper_refusal_with_the_real_registry(env):
         ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
                            digest=real_digest)
         assert env.backend().switch(NEW)["digest"] == real_digest
-        assert env.live_image() == f"127.0.0.1:5000/{repo}@{real_digest}"
+        assert env.live_image() == f"{CLUSTER_REPO}@{real_digest}"  # pulled by the name the nodes know
     finally:
         requests.delete(f"{base}/manifests/{real_digest}", timeout=10)  # refused where deletes are disabled
 

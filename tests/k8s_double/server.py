@@ -273,6 +273,8 @@ class Fault:
     resource: str
     left: int
     served: int = 0
+    armed: bool = True
+    after: str | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -331,11 +333,13 @@ class KubeDouble:
         assert how in ("unready", "crash", "pull")
         self.cluster.bad_images[image] = how
 
-    def fail(self, code: int, *, verbs: set[str], resource: str = "deployments", times: int = 1) -> "Fault":
+    def fail(self, code: int, *, verbs: set[str], resource: str = "deployments", times: int = 1,
+             after: str | None = None) -> "Fault":
         """Answer the next `times` requests of these verbs on `resource` with `code` (e.g. 503 as an
         overloaded API server or a restarting load balancer, 409 as a concurrent writer), as the
-        real server answers: a metav1.Status body."""
-        fault = Fault(code, set(verbs), resource, times)
+        real server answers: a metav1.Status body. With `after` (a verb), only once a request with
+        that verb on `resource` has been served (e.g. "patch": the API goes away mid-rollout)."""
+        fault = Fault(code, set(verbs), resource, times, armed=after is None, after=after)
         self.faults.append(fault)
         return fault
 
@@ -384,6 +388,9 @@ class KubeDouble:
     def check_faults(self, method: str, resource: str, name: str | None, query: dict[str, str]) -> None:
         verb = verb_of(method, name, query)
         for fault in self.faults:
+            if not fault.armed:
+                fault.armed = verb == fault.after and resource == fault.resource
+                continue
             if fault.left > 0 and verb in fault.verbs and resource == fault.resource:
                 fault.left -= 1
                 fault.served += 1
