@@ -242,27 +242,30 @@ def test_failed_rollout_is_undone_automatically(env):
     assert env.live_image() == env.image(NEW)
     env.k8s.wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in env.k8s.list("pods", NS)}
                      == {env.image(NEW)}, what="broken pods gone")
-    # Revision 2's ReplicaSet came back as revision 4; the failed revision 3 was removed, so that
-    # a plain `kubectl rollout undo` never lands on the template that just failed.
+    # Revision 2's ReplicaSet came back as revision 4; the failed revision 3 is kept (never deleted)
+    # and marked, so that no way back picks the template that just failed.
     rss = env.replicasets()
-    assert sorted(rss) == [1, 4]
+    assert sorted(rss) == [1, 3, 4]
     assert rss[4]["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "2"
+    assert "progress deadline" in rss[3]["metadata"]["annotations"]["aads.failed"]
+    assert not [r for r in env.k8s.requests if r["method"] == "DELETE"]
     ledger = env.ctx().ledger
     sw = ledger.history("k8s")[-1]
     assert sw.outcome == "reverted" and "progress deadline" in sw.reason
-    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4 and sw.data["removed_revision"] == 3
+    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4
     assert digest_of(BROKEN) in ledger.failed_digests()
     assert ledger.live("k8s").version == NEW
     status = env.backend().status()
     assert status["live"]["version"] == NEW and status["live"]["health"] == "ready"
+    assert status["previous"]["revision"] == 1  # not the failed revision 3
     history = env.backend().history()
     rows = [(e["revision"], e["to_version"], e["outcome"]) for e in history["entries"]]
-    assert rows == [(1, OLD, "superseded"), (None, BROKEN, "reverted"), (4, NEW, "succeeded")]
-    assert history["entries"][1]["removed_revision"] == 3
+    assert rows == [(1, OLD, "superseded"), (3, BROKEN, "reverted"), (4, NEW, "succeeded")]
     assert history["entries"][2]["action"].startswith("undo after failed switch")
     assert history["success_rate"] == 0.5
-    # The fallback contract holds after a failed switch too: kubectl undo goes to the last good one.
-    env.kubectl("rollout", "undo", f"deployment/{NAME}")
+    # kubectl shows the failed revision as such; --to-revision goes to the last good one before it.
+    assert dict(env.kubectl_history())[3].startswith("FAILED, rolled back: orchestrator switch")
+    env.kubectl("rollout", "undo", f"deployment/{NAME}", "--to-revision=1")
     env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
     assert env.live_image() == env.image(OLD)
 
