@@ -5,6 +5,7 @@
 #
 #   bash scripts/engine.sh            set up what is missing (root needed only for what is missing)
 #   bash scripts/engine.sh --check    report each piece, change nothing (exit 1 if one is missing)
+#   bash scripts/engine.sh --kubectl  only kubectl (no root needed; the fast tests render k8s/ with it)
 #
 # Settings (env): AADS_REGISTRY_ADDR (127.0.0.1:5000), AADS_BASE_IMAGE (aads-base:bookworm),
 # AADS_ENGINE_DIR (/var/lib/aads-engine: registry config, storage and logs),
@@ -23,6 +24,8 @@ KUBECTL_VERSION=1.32.3
 KUBECTL_MIN_MINOR=26  # kustomize v5 and today's `rollout` semantics; Debian 12's 1.20 is too old
 CHECK_ONLY=0
 [[ ${1:-} == --check ]] && CHECK_ONLY=1
+KUBECTL_ONLY=0
+[[ ${1:-} == --kubectl ]] && KUBECTL_ONLY=1
 
 say() { printf 'engine: %s\n' "$*" >&2; }
 die() { printf 'engine: error: %s\n' "$*" >&2; exit 1; }
@@ -211,6 +214,10 @@ kubectl_client() {
     [[ $found == "$dest/kubectl" ]] || say "note: put $dest on PATH ahead of ${found:-nothing} to use it"
 }
 
+if ((KUBECTL_ONLY)); then
+    kubectl_client
+    exit 0
+fi
 packages
 if ((CHECK_ONLY)) && ((MISSING)); then exit 1; fi
 engine

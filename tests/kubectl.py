@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
-KUBECTL = os.environ.get("AADS_KUBECTL") or shutil.which("kubectl")
+
+def _find() -> str | None:
+    if os.environ.get("AADS_KUBECTL"):
+        return os.environ["AADS_KUBECTL"]
+    # scripts/engine.sh installs into ~/.local/bin when not root, which may not be on PATH.
+    fallback = Path.home() / ".local" / "bin" / "kubectl"
+    return shutil.which("kubectl") or (str(fallback) if fallback.is_file() else None)
+
+
+KUBECTL = _find()
 
 
 def kubectl() -> str:

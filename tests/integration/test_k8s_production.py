@@ -176,6 +176,32 @@ def test_a_paused_deployment_is_refused_by_switch_and_rollback(env):
     assert len(env.patches()) == 2  # the switch, then kubectl's pause
 
 
+def test_a_deployment_paused_during_the_rollout_is_not_undone(env):
+    """kubectl refuses to undo a paused Deployment; so does the automatic undo, and says how on."""
+    import threading
+
+    cfg = yaml.safe_load((env.tmp / "orchestrator.yaml").read_text())
+    cfg["targets"]["k8s-6s"] = {**cfg["targets"]["k8s"], "timeout_s": 6}
+    (env.tmp / "orchestrator.yaml").write_text(yaml.safe_dump(cfg))
+    outcome: list[BaseException] = []
+
+    def switch() -> None:
+        try:
+            env.backend("k8s-6s").switch(BROKEN)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome.append(e)
+
+    t = threading.Thread(target=switch)
+    t.start()
+    env.k8s.wait_for(lambda: len(env.patches()) == 1, what="the switch's patch")
+    env.kubectl("rollout", "pause", f"deployment/{NAME}")
+    t.join(60)
+    (err,) = outcome
+    assert isinstance(err, SwitchFailed) and "paused" in str(err) and "kubectl rollout resume" in str(err), err
+    assert [p["content_type"] for p in env.patches()].count("application/json-patch+json") == 0
+    assert env.deployment()["spec"]["paused"] is True
+
+
 # ---- 8. GPU pools and time budgets -----------------------------------------------------------
 def gpu_deployment(env, *, gpus: int, replicas: int = 2) -> None:
     """Replace the fixture's Deployment with the GPU overlay's, on a pool of `gpus` GPUs."""
