@@ -114,13 +114,15 @@ class KubernetesBackend:
         return Revision(image=image, digest=digest, version=version, annotated=kr.template_version(template),
                         revision=rev)
 
-    def live_of(self, d: dict[str, Any]) -> Revision:
+    def live_of(self, d: dict[str, Any], rss: list[dict[str, Any]] | None = None) -> Revision:
+        """What the Deployment runs. With its ReplicaSets, the revision is the new ReplicaSet's (the
+        Deployment's annotation follows it a sync later)."""
         template = d["spec"]["template"]
         if kr.container_image(template, self.spec.container) is None:
             names = ", ".join(c.get("name", "?") for c in template.get("spec", {}).get("containers", []))
             raise UsageError(f"target {self.target}: {self.where} has no container {self.spec.container!r} "
                              f"(containers: {names}); set `container:` in the target")
-        return self.describe(template, kr.revision(d))
+        return self.describe(template, kr.current_revision(d, rss) if rss is not None else kr.revision(d))
 
     def close_interrupted(self) -> None:
         """A switch still 'running' while we hold the lock was killed mid-way. Nothing to repair
@@ -292,7 +294,7 @@ class KubernetesBackend:
 
     def _switch(self, version: str) -> dict[str, Any]:
         d = self.api.read_deployment()
-        live = self.live_of(d)
+        live = self.live_of(d, self.api.replicasets(d))
         self.refuse_paused(d)
         push = self.ctx.ledger.latest_push(version)
         command = f"orchestrator switch {version}"
@@ -364,6 +366,7 @@ class KubernetesBackend:
         # kubectl refuses a paused Deployment too: the controller would not roll it.
         self.refuse_paused(d)
         rss = self.api.replicasets(d)
+        live = self.live_of(d, rss)
         kept = ", ".join(f"{kr.revision(r)}={self.describe(r['spec']['template'], kr.revision(r)).label}"
                          + (" (failed)" if kr.is_failed(r) else "") for r in sorted(rss, key=kr.revision)) or "none"
         current = kr.new_replicaset(d, rss)
@@ -448,8 +451,9 @@ class KubernetesBackend:
                             back_to: Revision, back_ok: bool) -> dict[str, Any]:
         self.ctx.note(f"[red]✗ {sw.action} to {to or UNKNOWN} failed: {reason}[/red]")
         goal_rev = back_to.revision
+        failed: dict[str, Any] | None = None
         try:
-            with steps.step("undo", f"back to the last good revision, as `kubectl rollout undo`"):
+            with steps.step("undo", "back to the last good revision, as `kubectl rollout undo`"):
                 d = self.api.read_deployment()
                 if (d.get("spec") or {}).get("paused"):
                     raise RolloutBusy(f"{self.where} was paused during the rollout; kubectl refuses to undo a "
@@ -457,7 +461,8 @@ class KubernetesBackend:
                                       f"`orchestrator rollback --target {self.target}`")
                 rss = self.api.replicasets(d)
                 failed = kr.new_replicaset(d, rss)
-                failed_rev = kr.revision(failed) if failed else kr.revision(d)
+                # None: the controller never made a ReplicaSet for the new template (nothing to mark).
+                failed_rev = kr.revision(failed) if failed else 0
                 if failed is not None:
                     failed["metadata"].setdefault("annotations", {})[kr.FAILED] = reason
                 rs = kr.undo_target(rss, failed_rev, back_to.revision if back_ok else None)
@@ -476,7 +481,7 @@ class KubernetesBackend:
             # the Deployment's annotations onto it at every sync.
             self.mark_failed(failed, reason)
         except (RolloutFailed, OrchestratorError, kr.NoRevision, _Unobservable) as e:
-            self.mark_failed(failed if "failed" in locals() else None, reason)
+            self.mark_failed(failed, reason)
             why = f"{reason}; the automatic undo failed too: {_reason(e)}"
             self.ctx.ledger.finish_switch(sw.id, "failed", why)
             raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {why}. Roll back by hand: "
@@ -485,9 +490,10 @@ class KubernetesBackend:
             self.ctx.ledger.mark_failed_digest(digest=digest, version=to, target=self.target, reason=reason)
         self.ctx.ledger.finish_switch(sw.id, "reverted", reason)
         self.write_pin()
+        kept = f"; the failed revision {failed_rev} is kept, marked failed" if failed is not None else ""
         raise SwitchFailed(f"{sw.action} to {to or UNKNOWN} on {self.target} failed: {reason}; rolled back to "
-                           f"{goal.label} (revision {goal_rev}'s template, now revision {now_rev}; the failed "
-                           f"revision {failed_rev} is kept, marked failed), as `kubectl rollout undo` would")
+                           f"{goal.label} (revision {goal_rev}'s template, now revision {now_rev}{kept}), as "
+                           f"`kubectl rollout undo` would")
 
     def mark_failed(self, rs: dict[str, Any] | None, reason: str) -> None:
         """Annotate a ReplicaSet whose rollout failed (kept, never deleted); best effort."""
@@ -505,6 +511,7 @@ class KubernetesBackend:
         d = self.api.read_deployment()
         live = self.live_of(d)
         rss = self.api.replicasets(d)
+        live = self.live_of(d, rss)
         state = kr.rollout_status(d)
         s = d.get("status") or {}
         replicas = d["spec"].get("replicas", 1)
@@ -565,7 +572,7 @@ class KubernetesBackend:
                 made[int(s.data["revision"])] = (s, "made")
             if s.data.get("undo_revision"):
                 made[int(s.data["undo_revision"])] = (s, "undo")
-        current = kr.revision(d)
+        current = kr.current_revision(d, rss)
         entries = []
         previous: str | None = None
         for rs in rss:

@@ -4,7 +4,8 @@ namespaces, pods, deployments and replicasets, on 127.0.0.1 without TLS or authe
 It answers what the kubernetes Python client and kubectl (`rollout status|history|undo`, `get`)
 ask: legacy discovery (kubectl falls back to it when the aggregated form is not offered),
 metav1.Status errors with the real reasons (NotFound, Forbidden, Conflict, Invalid, Expired),
-watch streams (one JSON event per line, chunked) resumable from a resourceVersion.
+watch streams (one JSON event per line, chunked) resumable from a resourceVersion. Tests may make
+it answer 5xx or 409 for chosen verbs (`fail`), and serve only what a Role grants (`grant`).
 """
 
 from __future__ import annotations
