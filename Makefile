@@ -14,7 +14,7 @@ MODELS_DIR := build/models
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install engine models images demo test test-unit test-integration \
+.PHONY: install engine kubectl models images demo test test-unit test-integration \
         bench-serving bench-backbones bench-images bench-switch bench-backup clean help
 
 help:  ## list the targets
@@ -41,7 +41,10 @@ images: install engine models  ## build + push both versions (CPU variant)
 demo: images  ## the whole story: deploy v5.5.3, switch to v5.5.4, roll back
 	bash scripts/demo.sh
 
-test-unit: install  ## unit + API tests (no engine)
+kubectl:  ## kubectl 1.32 (Debian trixie's) where none new enough is on PATH; part of `make engine`
+	bash scripts/engine.sh --kubectl
+
+test-unit: install kubectl  ## unit + API tests (no engine)
 	$(PY) -m pytest tests/unit tests/api -q
 
 test: install engine models  ## everything, engine tests included

@@ -51,7 +51,18 @@ class KubernetesTarget(_Strict):
     namespace: str = "aads"
     deployment: str = "aads-serving"
     container: str = "serving"
-    timeout_s: float = Field(600, gt=0)
+    # The image repository the cluster's nodes pull from (e.g. registry.example.com/aads-ulora);
+    # default: the repository the version was pushed to. Never a loopback address.
+    repository: str | None = None
+    # The Secret (type kubernetes.io/dockerconfigjson, in `namespace`) the pods pull with.
+    image_pull_secret: str | None = None
+    # The switch's own limit on one rollout; default: replicas x pod_budget_s.
+    timeout_s: float | None = Field(None, gt=0)
+    # What one pod may take to be pulled, started, loaded and Ready.
+    pod_budget_s: float = Field(300, gt=0)
+    # The manifests this target was applied from: the switch writes, next to its state, a
+    # kustomization over them that pins what is live (re-applying it changes nothing).
+    overlay: str = "k8s/overlays/cpu"
 
 
 Target = ComposeTarget | KubernetesTarget

@@ -2,14 +2,17 @@
 
 Objects come back as the API's own JSON (plain dicts, camelCase keys), the shape kubectl sees.
 Every failure becomes one OrchestratorError line naming the target: API unreachable, forbidden
-(with the server's RBAC message), deployment not found, conflict.
+(with the server's RBAC message), deployment not found, conflict. Transient answers (5xx, 429,
+no connection) are retried with backoff a few times before they become one; `VERBS` is every
+call the orchestrator makes, and `role()` the Role that grants exactly those.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
@@ -19,14 +22,35 @@ from kubernetes.config.config_exception import ConfigException
 from orchestrator.errors import ConfigError, OrchestratorError
 
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
+RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)  # between attempts of one call on a transient answer
+T = TypeVar("T")
+
+# Every (resource, verb) the orchestrator uses in a target's namespace. `orchestrator k8s-role`
+# prints the Role granting exactly these; a test checks that switch, rollback, status and history
+# use no other and that each is used.
+VERBS: dict[str, tuple[str, ...]] = {
+    "deployments": ("get", "patch", "watch"),
+    "replicasets": ("list", "patch"),
+    "pods": ("list",),
+}
+GROUPS = {"deployments": "apps", "replicasets": "apps", "pods": ""}
 
 
 class KubeError(OrchestratorError):
     """The Kubernetes API answered with an error or could not be reached."""
 
+    status: int | None = None
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try: the server was overloaded or restarting, or not reachable."""
+        return self.status is not None and (self.status >= 500 or self.status == 429)
+
 
 class KubeUnreachable(KubeError):
-    pass
+    @property
+    def transient(self) -> bool:
+        return True
 
 
 class KubeForbidden(KubeError):
@@ -83,8 +107,9 @@ class KubeApi:
             if e.status == 409:
                 raise KubeConflict(f"target {self.target}: deployment {self.namespace}/{self.deployment} changed "
                                    f"while we worked on it ({msg}); nothing was changed, try again") from None
-            raise KubeError(f"target {self.target}: the Kubernetes API failed to {doing}: "
-                            f"{e.status} {msg}") from None
+            err = KubeError(f"target {self.target}: the Kubernetes API failed to {doing}: {e.status} {msg}")
+            err.status = e.status
+            raise err from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             why = type(e).__name__
             if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
@@ -95,10 +120,23 @@ class KubeApi:
     def _json(self, resp: Any) -> dict[str, Any]:
         return json.loads(resp.data)
 
+    def call(self, doing: str, fn: Callable[[], T]) -> T:
+        """One API call, retried with backoff while the answer is transient (5xx, 429, no
+        connection); other errors, and the last transient one, raise at once."""
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                with self.errors(doing):
+                    return fn()
+            except KubeError as e:
+                if not e.transient or delay is None:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def read_deployment(self) -> dict[str, Any]:
-        with self.errors(f"read deployment {self.namespace}/{self.deployment}"):
-            return self._json(self.apps.read_namespaced_deployment(
-                self.deployment, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        return self.call(f"read deployment {self.namespace}/{self.deployment}", lambda: self._json(
+            self.apps.read_namespaced_deployment(self.deployment, self.namespace, _preload_content=False,
+                                                 _request_timeout=REQUEST_TIMEOUT)))
 
     def replicasets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         """The Deployment's ReplicaSets: selected by its selector and controlled by it (as kubectl)."""
@@ -106,29 +144,32 @@ class KubeApi:
 
         selector = ",".join(f"{k}={v}" for k, v in
                             ((deployment["spec"].get("selector") or {}).get("matchLabels") or {}).items())
-        with self.errors(f"list replicasets in {self.namespace}"):
-            items = self._json(self.apps.list_namespaced_replica_set(
-                self.namespace, label_selector=selector, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT))["items"]
+        items = self.call(f"list replicasets in {self.namespace}", lambda: self._json(
+            self.apps.list_namespaced_replica_set(self.namespace, label_selector=selector, _preload_content=False,
+                                                  _request_timeout=REQUEST_TIMEOUT))["items"])
         return [rs for rs in items if owned_by(rs, deployment)]
 
     def pods(self, selector: dict[str, str]) -> list[dict[str, Any]]:
         label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
-        with self.errors(f"list pods in {self.namespace}"):
-            return self._json(self.core.list_namespaced_pod(
-                self.namespace, label_selector=label_selector, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT))["items"]
+        return self.call(f"list pods in {self.namespace}", lambda: self._json(
+            self.core.list_namespaced_pod(self.namespace, label_selector=label_selector, _preload_content=False,
+                                          _request_timeout=REQUEST_TIMEOUT))["items"])
 
     def patch_deployment(self, body: Any, content_type: str, doing: str) -> dict[str, Any]:
-        with self.errors(doing):
-            return self._json(self.apps.patch_namespaced_deployment(
-                self.deployment, self.namespace, body, _content_type=content_type, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT))
+        # A patch answered 5xx may or may not have been applied; sending the same patch again is
+        # safe (a conditional one answers 409 if it was, and the caller reads again).
+        return self.call(doing, lambda: self._json(self.apps.patch_namespaced_deployment(
+            self.deployment, self.namespace, body, _content_type=content_type, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT)))
 
-    def delete_replicaset(self, name: str) -> None:
-        with self.errors(f"delete replicaset {self.namespace}/{name}"):
-            self.apps.delete_namespaced_replica_set(name, self.namespace, propagation_policy="Background",
-                                                    _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+    def patch_replicaset(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of one ReplicaSet's metadata (the failure mark); never its spec: the
+        controller owns ReplicaSets, and they are never deleted (`kubectl rollout undo
+        --to-revision` may be racing for one, and they are the evidence)."""
+        return self.call(f"mark replicaset {self.namespace}/{name}", lambda: self._json(
+            self.apps.patch_namespaced_replica_set(name, self.namespace, body,
+                                                   _content_type="application/merge-patch+json",
+                                                   _preload_content=False, _request_timeout=REQUEST_TIMEOUT)))
 
     def watch_deployment(self, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
         """Deployment objects as they change after `resource_version` (one watch, up to timeout_s).
@@ -148,3 +189,24 @@ class KubeApi:
                 raise
             finally:
                 w.stop()
+
+
+def role(namespace: str, name: str = "aads-orchestrator") -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding for the orchestrator: exactly `VERBS`, in one namespace.
+    Bind the Role to whichever identity the orchestrator's kubeconfig uses (the ServiceAccount's
+    token in CI, or a user/group) by editing the RoleBinding's subjects."""
+    meta = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": name,
+                                                             "app.kubernetes.io/part-of": "aads-ulora"}}
+    groups: dict[str, list[str]] = {}
+    for resource in VERBS:
+        groups.setdefault(GROUPS[resource], []).append(resource)
+    rules = [{"apiGroups": [group], "resources": [r], "verbs": sorted(VERBS[r])}
+             for group, resources in sorted(groups.items()) for r in resources]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta),
+         "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # An engine where there is none: Docker engine + registry on 127.0.0.1:5000 + local base image
-# + the compose v2 plugin. Each piece is checked first and only set up when missing, so on a
+# + the compose v2 plugin + kubectl. Each piece is checked first and only set up when missing, so on a
 # machine where everything runs this takes about a second and changes nothing.
 #
 #   bash scripts/engine.sh            set up what is missing (root needed only for what is missing)
 #   bash scripts/engine.sh --check    report each piece, change nothing (exit 1 if one is missing)
+#   bash scripts/engine.sh --kubectl  only kubectl (no root needed; the fast tests render k8s/ with it)
 #
 # Settings (env): AADS_REGISTRY_ADDR (127.0.0.1:5000), AADS_BASE_IMAGE (aads-base:bookworm),
 # AADS_ENGINE_DIR (/var/lib/aads-engine: registry config, storage and logs),
-# AADS_DEBIAN_MIRROR (http://deb.debian.org/debian).
+# AADS_DEBIAN_MIRROR (http://deb.debian.org/debian), AADS_KUBECTL_DIR (where kubectl goes when
+# none new enough is on PATH: /usr/local/bin as root, ~/.local/bin otherwise).
 # Needs only Debian's own tools: no image can be pulled on this project's machines, so the base
 # image is bootstrapped from the Debian mirror (see images/base/README.md).
 set -euo pipefail
@@ -18,8 +20,12 @@ BASE_IMAGE=${AADS_BASE_IMAGE:-aads-base:bookworm}
 ENGINE_DIR=${AADS_ENGINE_DIR:-/var/lib/aads-engine}
 MIRROR=${AADS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 COMPOSE_VERSION=2.26.1
+KUBECTL_VERSION=1.32.3
+KUBECTL_MIN_MINOR=26  # kustomize v5 and today's `rollout` semantics; Debian 12's 1.20 is too old
 CHECK_ONLY=0
 [[ ${1:-} == --check ]] && CHECK_ONLY=1
+KUBECTL_ONLY=0
+[[ ${1:-} == --kubectl ]] && KUBECTL_ONLY=1
 
 say() { printf 'engine: %s\n' "$*" >&2; }
 die() { printf 'engine: error: %s\n' "$*" >&2; exit 1; }
@@ -136,25 +142,32 @@ base_image() {
 }
 
 # 5. the compose v2 plugin (Debian trixie's docker-compose, one static binary) -----------------
-compose_plugin() {
-    local plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
-    if docker compose version >/dev/null 2>&1; then return 0; fi
-    if ((CHECK_ONLY)); then say "missing: docker compose v2 plugin"; MISSING=1; return 0; fi
-    local work
-    work=$(mktemp -d /var/tmp/aads-compose.XXXXXX)
-    # shellcheck disable=SC2064
-    trap "rm -rf '$work'" EXIT
+# Download one package from Debian trixie into $2 with apt pointed at a private one-line source
+# list, so the system's apt sources stay untouched; prints the .deb's path.
+trixie_download() {  # package=version-glob workdir
+    local spec=$1 work=$2
     mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
-    # A private one-line source list: the system's apt sources stay untouched.
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" >"$work/sources.list"
     local apt_opts=(-o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
         -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o "APT::Get::List-Cleanup=0"
         -o "Debug::NoLocking=1")
-    say "fetching docker-compose $COMPOSE_VERSION from Debian trixie for the compose v2 plugin"
     apt-get "${apt_opts[@]}" update -qq >"$work/apt.log" 2>&1 || die "apt-get update (trixie) failed: $(tail -1 "$work/apt.log")"
-    (cd "$work" && apt-get "${apt_opts[@]}" download "docker-compose=$COMPOSE_VERSION*" >>"$work/apt.log" 2>&1) \
-        || die "apt-get download docker-compose=$COMPOSE_VERSION failed: $(tail -1 "$work/apt.log")"
-    dpkg-deb -x "$work"/docker-compose_*.deb "$work/root"
+    (cd "$work" && apt-get "${apt_opts[@]}" download "$spec" >>"$work/apt.log" 2>&1) \
+        || die "apt-get download $spec failed: $(tail -1 "$work/apt.log")"
+    ls "$work/${spec%%=*}"_*.deb
+}
+
+compose_plugin() {
+    local plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
+    if docker compose version >/dev/null 2>&1; then return 0; fi
+    if ((CHECK_ONLY)); then say "missing: docker compose v2 plugin"; MISSING=1; return 0; fi
+    local work deb
+    work=$(mktemp -d /var/tmp/aads-compose.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" EXIT
+    say "fetching docker-compose $COMPOSE_VERSION from Debian trixie for the compose v2 plugin"
+    deb=$(trixie_download "docker-compose=$COMPOSE_VERSION*" "$work")
+    dpkg-deb -x "$deb" "$work/root"
     mkdir -p "$plugins"
     install -m 0755 "$work/root/usr/libexec/docker/cli-plugins/docker-compose" "$plugins/docker-compose"
     rm -rf "$work"
@@ -162,16 +175,61 @@ compose_plugin() {
     docker compose version >/dev/null || die "docker compose still fails after installing $plugins/docker-compose"
 }
 
+# 6. kubectl (Debian trixie's kubectl 1.32, one static binary): renders k8s/ and drives the -----
+#    Kubernetes tests against the API double. Debian 12's kubernetes-client (1.20) is too old.
+kubectl_minor() {  # binary -> its client minor version, or nothing
+    "$1" version --client -o json 2>/dev/null | python3 -c \
+        'import json,sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' 2>/dev/null
+}
+
+kubectl_ok() {  # binary -> 0 when it is new enough
+    local minor
+    minor=$(kubectl_minor "$1") && [[ -n $minor ]] && ((minor >= KUBECTL_MIN_MINOR))
+}
+
+kubectl_client() {
+    local dest=${AADS_KUBECTL_DIR:-}
+    [[ -n $dest ]] || { is_root && dest=/usr/local/bin || dest=$HOME/.local/bin; }
+    local found
+    found=$(command -v kubectl || true)
+    if [[ -n $found ]] && kubectl_ok "$found"; then return 0; fi
+    if [[ -x $dest/kubectl ]] && kubectl_ok "$dest/kubectl"; then
+        say "kubectl $KUBECTL_VERSION is in $dest, which is not on PATH ahead of ${found:-nothing}: add it to PATH"
+        return 0
+    fi
+    if ((CHECK_ONLY)); then say "missing: kubectl >= 1.$KUBECTL_MIN_MINOR${found:+ ($found is older)}"; MISSING=1; return 0; fi
+    local work deb
+    work=$(mktemp -d /var/tmp/aads-kubectl.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" EXIT
+    say "fetching kubectl $KUBECTL_VERSION from Debian trixie into $dest"
+    deb=$(trixie_download "kubectl=$KUBECTL_VERSION*" "$work")
+    dpkg-deb -x "$deb" "$work/root"
+    mkdir -p "$dest"
+    install -m 0755 "$work/root/usr/bin/kubectl" "$dest/kubectl"
+    rm -rf "$work"
+    trap - EXIT
+    kubectl_ok "$dest/kubectl" || die "$dest/kubectl does not run after installing it"
+    found=$(command -v kubectl || true)
+    [[ $found == "$dest/kubectl" ]] || say "note: put $dest on PATH ahead of ${found:-nothing} to use it"
+}
+
+if ((KUBECTL_ONLY)); then
+    kubectl_client
+    exit 0
+fi
 packages
 if ((CHECK_ONLY)) && ((MISSING)); then exit 1; fi
 engine
 registry
 base_image
 compose_plugin
+kubectl_client
 if ((CHECK_ONLY)); then
     ((MISSING)) && exit 1
     say "all present"
     exit 0
 fi
 say "ready: engine $(docker version -f '{{.Server.Version}}' 2>/dev/null), registry $REGISTRY_ADDR," \
-    "base image $BASE_IMAGE, $(docker compose version --short 2>/dev/null | sed 's/^/compose v/')"
+    "base image $BASE_IMAGE, $(docker compose version --short 2>/dev/null | sed 's/^/compose v/')," \
+    "kubectl $(kubectl version --client -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])' 2>/dev/null)"

@@ -107,9 +107,12 @@ def register(cli: click.Group) -> None:
         (outcome 'reverted', exit 5). A switch to the live version does nothing and says so.
 
         \b
-        Kubernetes targets: resolve, then patch the Deployment's container to repo@digest
-        (change-cause "orchestrator switch VERSION"), then wait like `kubectl rollout status`;
-        a failed rollout is undone as `kubectl rollout undo` would (exit 5). See docs/kubernetes.md.
+        Kubernetes targets: resolve, then patch the Deployment's container to the target's
+        repository@digest (never loopback) with its pull secret (change-cause "orchestrator switch
+        VERSION"), then wait like `kubectl rollout status` (up to replicas x pod_budget_s). A
+        failed rollout is undone as `kubectl rollout undo` would and its revision kept, marked
+        failed (exit 5); API errors are retried, and if the API stays unreachable the outcome is
+        'unknown' and nothing is undone (exit 1). See docs/kubernetes.md.
         """
         res = get_backend(obj, target).switch(version, keep_previous=keep_previous, wait_lock_s=wait_s)
         _print_result(obj, res, as_json)
@@ -128,8 +131,9 @@ def register(cli: click.Group) -> None:
 
         When the previous slot is still warm (the switch ran with --keep-previous), this is an
         instant flip in the edge; otherwise it is a full switch to the exact digest that ran before.
-        On Kubernetes it is `kubectl rollout undo` (--to-version: the newest kept revision whose
-        pods ran that version); `kubectl rollout undo deployment/aads-serving` works as well.
+        On Kubernetes it is `kubectl rollout undo --to-revision` of the newest earlier revision not
+        marked failed (--to-version: the newest such revision whose pods ran that version);
+        `kubectl rollout undo deployment/aads-serving` works as well.
         """
         backend = get_backend(obj, target)
         extra = {}

@@ -29,15 +29,17 @@ from orchestrator.backends.kubernetes import RolloutBusy
 from orchestrator.ledger import Ledger
 from tests.k8s_double import KubeDouble
 from tests.k8s_double.registry import RegistryDouble
+from tests.kubectl import kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = shutil.which("kubectl")
 NS, NAME = "aads", "aads-serving"
 REPO_NAME = "aads-ulora"
+# The name the cluster's nodes pull by (the registry double answers on loopback for the tag check).
+CLUSTER_REPO = "registry.aads.test:5000/aads-ulora"
+PULL_SECRET = "aads-registry"
 OLD, NEW, THIRD, BROKEN = "v5.5.3-performance", "v5.5.4-dinov3", "v5.5.6-extra", "v5.5.5-broken"
 VERSIONS = [OLD, NEW, THIRD, BROKEN]
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (it renders k8s/)")
 
 
 def digest_of(version: str) -> str:
@@ -45,7 +47,7 @@ def digest_of(version: str) -> str:
 
 
 def rendered_deployment() -> dict:
-    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s/overlays/cpu")], capture_output=True, text=True,
+    out = subprocess.run([kubectl(), "kustomize", str(ROOT / "k8s/overlays/cpu")], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     return next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
 
@@ -70,7 +72,8 @@ class Env:
             src = ROOT / "versions" / (v if (ROOT / "versions" / v).is_dir() else NEW)
             shutil.copytree(src, versions / v)
         base = {"kind": "kubernetes", "kubeconfig": "kubeconfig", "namespace": NS, "deployment": NAME,
-                "container": "serving", "timeout_s": 30}
+                "container": "serving", "timeout_s": 30, "repository": CLUSTER_REPO,
+                "image_pull_secret": PULL_SECRET, "overlay": str(ROOT / "k8s/overlays/cpu")}
         (tmp / "orchestrator.yaml").write_text(yaml.safe_dump({
             "registry": self.repo, "state_dir": "state", "versions_dir": "versions", "default_target": "k8s",
             "targets": {
@@ -92,7 +95,7 @@ class Env:
         k8s.mark_bad(self.image(BROKEN))
 
     def image(self, version: str) -> str:
-        return f"{self.repo}@{digest_of(version)}"
+        return f"{CLUSTER_REPO}@{digest_of(version)}"
 
     def ctx(self) -> Context:
         return Context(config_path=str(self.tmp / "orchestrator.yaml"))
@@ -114,7 +117,7 @@ class Env:
         return [r for r in self.k8s.requests if r["method"] == "PATCH"]
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kcache"),
+        r = subprocess.run([kubectl(), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.tmp / "kcache"),
                             "-n", NS, *args], capture_output=True, text=True, timeout=60)
         if check:
             assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
@@ -239,27 +242,30 @@ def test_failed_rollout_is_undone_automatically(env):
     assert env.live_image() == env.image(NEW)
     env.k8s.wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in env.k8s.list("pods", NS)}
                      == {env.image(NEW)}, what="broken pods gone")
-    # Revision 2's ReplicaSet came back as revision 4; the failed revision 3 was removed, so that
-    # a plain `kubectl rollout undo` never lands on the template that just failed.
+    # Revision 2's ReplicaSet came back as revision 4; the failed revision 3 is kept (never deleted)
+    # and marked, so that no way back picks the template that just failed.
     rss = env.replicasets()
-    assert sorted(rss) == [1, 4]
+    assert sorted(rss) == [1, 3, 4]
     assert rss[4]["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "2"
+    assert "progress deadline" in rss[3]["metadata"]["annotations"]["aads.failed"]
+    assert not [r for r in env.k8s.requests if r["method"] == "DELETE"]
     ledger = env.ctx().ledger
     sw = ledger.history("k8s")[-1]
     assert sw.outcome == "reverted" and "progress deadline" in sw.reason
-    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4 and sw.data["removed_revision"] == 3
+    assert sw.data["revision"] == 3 and sw.data["undo_revision"] == 4
     assert digest_of(BROKEN) in ledger.failed_digests()
     assert ledger.live("k8s").version == NEW
     status = env.backend().status()
     assert status["live"]["version"] == NEW and status["live"]["health"] == "ready"
+    assert status["previous"]["revision"] == 1  # not the failed revision 3
     history = env.backend().history()
     rows = [(e["revision"], e["to_version"], e["outcome"]) for e in history["entries"]]
-    assert rows == [(1, OLD, "superseded"), (None, BROKEN, "reverted"), (4, NEW, "succeeded")]
-    assert history["entries"][1]["removed_revision"] == 3
+    assert rows == [(1, OLD, "superseded"), (3, BROKEN, "reverted"), (4, NEW, "succeeded")]
     assert history["entries"][2]["action"].startswith("undo after failed switch")
     assert history["success_rate"] == 0.5
-    # The fallback contract holds after a failed switch too: kubectl undo goes to the last good one.
-    env.kubectl("rollout", "undo", f"deployment/{NAME}")
+    # kubectl shows the failed revision as such; --to-revision goes to the last good one before it.
+    assert dict(env.kubectl_history())[3].startswith("FAILED, rolled back: orchestrator switch")
+    env.kubectl("rollout", "undo", f"deployment/{NAME}", "--to-revision=1")
     env.kubectl("rollout", "status", f"deployment/{NAME}", "--timeout=20s")
     assert env.live_image() == env.image(OLD)
 
@@ -452,7 +458,7 @@ def test_tamper_refusal_with_the_real_registry(env):
         ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
                            digest=real_digest)
         assert env.backend().switch(NEW)["digest"] == real_digest
-        assert env.live_image() == f"127.0.0.1:5000/{repo}@{real_digest}"
+        assert env.live_image() == f"{CLUSTER_REPO}@{real_digest}"  # pulled by the name the nodes know
     finally:
         requests.delete(f"{base}/manifests/{real_digest}", timeout=10)  # refused where deletes are disabled
 

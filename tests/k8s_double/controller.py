@@ -15,9 +15,20 @@ progress.go, util/deployment_util.go) for RollingUpdate Deployments:
   NewReplicaSetAvailable, ProgressDeadlineExceeded after progressDeadlineSeconds without progress).
 
 Pods start, and turn Ready `ready_after_s` later, unless one of their images is marked bad:
-then they stay unready (readiness probe failing), crash-loop, or fail to pull, as marked.
-Not modelled: Recreate strategy, collisionCount, scheduling/resources, graceful termination
-(pods vanish at once), probes themselves, the ReplicaFailure condition, pod eviction.
+then they stay unready (readiness probe failing), crash-loop, or fail to pull, as marked; an
+image may be marked to turn only its first N pods Ready (partial progress with replicas > 1).
+
+What a real cluster adds around a rollout, as far as the backend must cope with it:
+- a scheduler for one resource, `nvidia.com/gpu`: with `gpus` set, a pod whose GPU request does
+  not fit the free GPUs stays Pending with `PodScheduled=False, reason Unschedulable` and the
+  scheduler's message, and is scheduled once GPUs free up;
+- admission that refuses pods (a ResourceQuota, Pod Security): the ReplicaSet gets
+  `ReplicaFailure=True, reason FailedCreate` with the server's message, and the deployment
+  controller copies it onto the Deployment (sync.go calculateStatus/getReplicaFailures);
+- the Deployment's revision annotation follows its new ReplicaSet's one sync later: a reader may
+  see the ReplicaSet's new number while the Deployment still carries the old one.
+Not modelled: Recreate strategy, collisionCount, resources other than GPUs, graceful termination
+(pods vanish at once), probes themselves, pod eviction.
 """
 
 from __future__ import annotations
@@ -131,6 +142,10 @@ class Cluster:
         self.tick_s = tick_s
         # image -> how its pods fail: "unready" (readiness never passes), "crash", "pull".
         self.bad_images: dict[str, str] = {}
+        self.ready_limit: dict[str, int] = {}  # image -> at most this many of its pods turn Ready
+        self.gpus: int | None = None  # GPUs on the double's nodes; None: no GPU scheduling at all
+        self.rejected_images: dict[str, str] = {}  # image -> admission's message refusing its pods
+        self._pending_revision: dict[str, str] = {}  # deployment uid -> revision to set next sync
         self.paused = False  # freeze every controller (a rollout "in progress" that stays so)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -178,6 +193,10 @@ class Cluster:
                                              for r in o["metadata"].get("ownerReferences") or []))
 
     def sync_deployment(self, d: dict[str, Any]) -> None:
+        pending = self._pending_revision.pop(d["metadata"]["uid"], None)
+        if pending is not None:  # the revision the previous sync gave the new ReplicaSet
+            self.set_deployment_revision(d, pending)
+            d = self.store.get("deployments", d["metadata"]["namespace"], d["metadata"]["name"])
         spec = d["spec"]
         replicas = spec.get("replicas", 1)
         rss = sorted(self.owned("replicasets", d), key=lambda r: r["metadata"]["creationTimestamp"])
@@ -214,7 +233,7 @@ class Cluster:
             if changed or rs["spec"].get("minReadySeconds", 0) != d["spec"].get("minReadySeconds", 0):
                 rs["spec"]["minReadySeconds"] = d["spec"].get("minReadySeconds", 0)
                 rs = self.store.update("replicasets", rs, check_rv=False)
-            self.set_deployment_revision(d, rs["metadata"]["annotations"][REVISION])
+            self.lag_revision(d, rs["metadata"]["annotations"][REVISION])
             if d["spec"].get("progressDeadlineSeconds") is not None and not condition(d.get("status", {}), "Progressing"):
                 self.update_status(d, lambda s: set_condition(
                     s, new_condition("Progressing", "True", "FoundNewReplicaSet",
@@ -241,7 +260,7 @@ class Cluster:
         self.new_rs_annotations(d, rs, new_revision, exists=False)
         rs["spec"]["replicas"] = self.new_rs_replicas(d, old + [rs], rs, surge)
         rs = self.store.create("replicasets", rs)
-        self.set_deployment_revision(d, str(new_revision))
+        self.lag_revision(d, str(new_revision))
         if d["spec"].get("progressDeadlineSeconds") is not None:
             self.update_status(d, lambda s: set_condition(
                 s, new_condition("Progressing", "True", "NewReplicaSetCreated",
@@ -274,6 +293,10 @@ class Cluster:
             ann[DESIRED], ann[MAX_REPLICAS] = str(replicas), str(replicas + surge)
             changed = True
         return changed
+
+    def lag_revision(self, d: dict[str, Any], rev: str) -> None:
+        if (d["metadata"].get("annotations") or {}).get(REVISION) != rev:
+            self._pending_revision[d["metadata"]["uid"]] = rev
 
     def set_deployment_revision(self, d: dict[str, Any], rev: str) -> None:
         cur = self.store.get("deployments", d["metadata"]["namespace"], d["metadata"]["name"])
@@ -372,6 +395,11 @@ class Cluster:
         else:
             set_condition(status, new_condition("Available", "False", "MinimumReplicasUnavailable",
                                                 "Deployment does not have minimum availability."))
+        failure = replica_failure(rss, new_rs)
+        if failure is not None:
+            set_condition(status, new_condition("ReplicaFailure", "True", failure["reason"], failure["message"]))
+        else:
+            status["conditions"] = [c for c in status["conditions"] if c["type"] != "ReplicaFailure"]
         deadline = spec.get("progressDeadlineSeconds")
         cur = condition(status, "Progressing")
         is_complete = status["replicas"] == status["updatedReplicas"] and cur and cur["reason"] == "NewReplicaSetAvailable"
@@ -411,8 +439,13 @@ class Cluster:
         pods = self.owned("pods", rs)
         want = rs["spec"]["replicas"]
         ns = rs["metadata"]["namespace"]
+        refused = None
         for _ in range(want - len(pods)):
             template = copy.deepcopy(rs["spec"]["template"])
+            refused = next((self.rejected_images[c["image"]] for c in template["spec"].get("containers", [])
+                            if c["image"] in self.rejected_images), None)
+            if refused:
+                break
             pod = {
                 "metadata": {
                     "name": f"{rs['metadata']['name']}-{''.join(secrets.choice(SAFE_ALPHABET) for _ in range(5))}",
@@ -422,12 +455,13 @@ class Cluster:
                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
                                          "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}],
                 },
-                "spec": {**template.get("spec", {}), "nodeName": "double-node-1"},
-                "status": {"phase": "Pending", "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamp()}]},
+                "spec": template.get("spec", {}),
+                "status": {"phase": "Pending"},
             }
+            self.schedule(pod)
             created = self.store.create("pods", pod)
             self._born[created["metadata"]["uid"]] = time.monotonic()
+        self.set_replica_failure(rs, refused)
         if len(pods) > want:
             # controller.ActivePods ordering: not ready before ready, newer before older.
             victims = sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
@@ -435,6 +469,42 @@ class Cluster:
             for p in victims[: len(pods) - want]:
                 self.store.delete("pods", ns, p["metadata"]["name"])
                 self._ready_since.pop(p["metadata"]["uid"], None)
+
+    def set_replica_failure(self, rs: dict[str, Any], message: str | None) -> None:
+        """replica_set.go manageReplicas: a refused pod create -> ReplicaFailure on the ReplicaSet."""
+        cur = self.store.get("replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"])
+        status = copy.deepcopy(cur.get("status") or {})
+        conds = [c for c in status.get("conditions") or [] if c["type"] != "ReplicaFailure"]
+        if message:
+            conds.append({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                          "message": message, "lastTransitionTime": timestamp()})
+            old = condition(status, "ReplicaFailure")
+            if old and old["message"] == message:
+                conds[-1] = old
+        if conds != (status.get("conditions") or []):
+            status["conditions"] = conds
+            if not conds:
+                status.pop("conditions")
+            cur["status"] = status
+            self.store.update("replicasets", cur, check_rv=False, status_only=True)
+
+    # ---- scheduler (GPUs only) ---------------------------------------------------------------
+    def schedule(self, pod: dict[str, Any]) -> bool:
+        """Bind the pod to the node when its GPU request fits, else mark it Unschedulable."""
+        want = gpu_request(pod)
+        if self.gpus is not None and want:
+            used = sum(gpu_request(p) for p in self.store.list("pods") if p["spec"].get("nodeName"))
+            if used + want > self.gpus:
+                cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "message": f"0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 "
+                                   f"nodes are available: 1 No preemption victims found for incoming pod.",
+                        "lastTransitionTime": timestamp()}
+                pod["status"] = {"phase": "Pending", "conditions": [cond]}
+                return False
+        pod["spec"]["nodeName"] = "double-node-1"
+        pod["status"] = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamp()}]}
+        return True
 
     def replicaset_status(self, rs: dict[str, Any]) -> None:
         pods = self.owned("pods", rs)
@@ -446,6 +516,8 @@ class Cluster:
             "replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": len(ready),
             "availableReplicas": len(available), "observedGeneration": rs["metadata"]["generation"],
         }.items() if v or k in ("replicas", "observedGeneration")}
+        if (rs.get("status") or {}).get("conditions"):
+            status["conditions"] = rs["status"]["conditions"]
         if rs.get("status") != status:
             rs["status"] = status
             self.store.update("replicasets", rs, check_rv=False, status_only=True)
@@ -453,6 +525,11 @@ class Cluster:
     # ---- kubelet -----------------------------------------------------------------------------
     def kubelet(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
+        if not pod["spec"].get("nodeName"):
+            if self.schedule(pod):
+                self._born[uid] = time.monotonic()
+                self.store.update("pods", pod, check_rv=False)
+            return
         age = time.monotonic() - self._born.setdefault(uid, time.monotonic())
         images = [c["image"] for c in pod["spec"].get("containers", [])]
         failure = next((self.bad_images[i] for i in images if i in self.bad_images), None)
@@ -462,6 +539,12 @@ class Cluster:
             return
         running = failure != "pull"
         ready = failure is None and age >= self.ready_after_s
+        limited = next((i for i in images if i in self.ready_limit), None)
+        if ready and limited is not None and not pod_ready(pod):
+            ready_now = [p for p in self.store.list("pods") if pod_ready(p)
+                         and limited in [c["image"] for c in p["spec"].get("containers", [])]]
+            ready = len(ready_now) < self.ready_limit[limited]
+            failure = None if ready else "unready"
         status["phase"] = "Running" if running else "Pending"
         statuses = []
         for c in pod["spec"].get("containers", []):
@@ -508,6 +591,24 @@ class Cluster:
                 owners = [r for r in o["metadata"].get("ownerReferences") or [] if r.get("controller")]
                 if owners and owners[0]["uid"] not in uids:
                     self.store.delete(resource, o["metadata"]["namespace"], o["metadata"]["name"])
+
+
+def gpu_request(pod: dict[str, Any]) -> int:
+    total = 0
+    for c in pod["spec"].get("containers", []):
+        res = c.get("resources") or {}
+        total += int((res.get("requests") or res.get("limits") or {}).get("nvidia.com/gpu", 0))
+    return total
+
+
+def replica_failure(rss: list[dict[str, Any]], new_rs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """sync.go getReplicaFailures: the new ReplicaSet's ReplicaFailure first, else an old one's."""
+    ordered = ([new_rs] if new_rs else []) + [r for r in rss if not new_rs or r["metadata"]["uid"] != new_rs["metadata"]["uid"]]
+    for rs in ordered:
+        c = condition(rs.get("status") or {}, "ReplicaFailure")
+        if c and c["status"] == "True":
+            return c
+    return None
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

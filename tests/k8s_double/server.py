@@ -4,7 +4,8 @@ namespaces, pods, deployments and replicasets, on 127.0.0.1 without TLS or authe
 It answers what the kubernetes Python client and kubectl (`rollout status|history|undo`, `get`)
 ask: legacy discovery (kubectl falls back to it when the aggregated form is not offered),
 metav1.Status errors with the real reasons (NotFound, Forbidden, Conflict, Invalid, Expired),
-watch streams (one JSON event per line, chunked) resumable from a resourceVersion.
+watch streams (one JSON event per line, chunked) resumable from a resourceVersion. Tests may make
+it answer 5xx or 409 for chosen verbs (`fail`), and serve only what a Role grants (`grant`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.k8s_double import patches
 from tests.k8s_double.controller import Cluster
 from tests.k8s_double.selectors import SelectorError, field_selector, label_selector, match_labels
-from tests.k8s_double.store import RESOURCES, ApiError, Store, invalid, qualified
+from tests.k8s_double.store import RESOURCES, ApiError, Store, conflict, invalid, qualified
 
 SERVER_VERSION = {
     "major": "1", "minor": "32", "gitVersion": "v1.32.0-aads-double", "gitCommit": "0" * 40,
@@ -129,6 +131,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 ns = m["ns"]
             double.check_access(method, m["resource"], ns, m["name"], query)
+            double.check_faults(method, m["resource"], m["name"], query)
             return self._resource(method, m["resource"], m["ns"], m["name"], m["sub"], query, body)
         except ApiError as e:
             return self._send(e.code, e.status())
@@ -258,6 +261,23 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+def verb_of(method: str, name: str | None, query: dict[str, str]) -> str:
+    """The RBAC verb of a request, as the API server's RequestInfo names it."""
+    return {"GET": "get" if name else ("watch" if query.get("watch") in ("true", "1") else "list"),
+            "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+
+
+@dataclass
+class Fault:
+    code: int
+    verbs: set[str]
+    resource: str
+    left: int
+    served: int = 0
+    armed: bool = True
+    after: str | None = None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -274,6 +294,10 @@ class KubeDouble:
         self.requests: list[dict[str, Any]] = []
         # namespace -> verbs refused with 403 ("*" = all)
         self.forbidden: dict[str, set[str]] = {}
+        # RBAC as a Role grants it: {(resource, verb)}; None = everything allowed.
+        self.granted: set[tuple[str, str]] | None = None
+        # Errors the server answers instead of serving a request (5xx, 409), in order.
+        self.faults: list[Fault] = []
         self._http = _Server(("127.0.0.1", port), Handler)
         self._http.double = self
         self._http.stopping = threading.Event()
@@ -309,6 +333,20 @@ class KubeDouble:
         """Pods running `image` never become Ready: "unready", "crash" (CrashLoopBackOff), "pull"."""
         assert how in ("unready", "crash", "pull")
         self.cluster.bad_images[image] = how
+
+    def fail(self, code: int, *, verbs: set[str], resource: str = "deployments", times: int = 1,
+             after: str | None = None) -> "Fault":
+        """Answer the next `times` requests of these verbs on `resource` with `code` (e.g. 503 as an
+        overloaded API server or a restarting load balancer, 409 as a concurrent writer), as the
+        real server answers: a metav1.Status body. With `after` (a verb), only once a request with
+        that verb on `resource` has been served (e.g. "patch": the API goes away mid-rollout)."""
+        fault = Fault(code, set(verbs), resource, times, armed=after is None, after=after)
+        self.faults.append(fault)
+        return fault
+
+    def grant(self, rules: dict[str, set[str]]) -> None:
+        """Serve only what these rules allow ({resource: verbs}, as a Role's rules); 403 otherwise."""
+        self.granted = {(r, v) for r, verbs in rules.items() for v in verbs}
 
     def forbid(self, namespace: str, verbs: set[str] | None = None) -> None:
         """Answer 403 Forbidden for these verbs (default: all) in `namespace`."""
@@ -348,13 +386,29 @@ class KubeDouble:
         return path
 
     # ---- admission ---------------------------------------------------------------------------
+    def check_faults(self, method: str, resource: str, name: str | None, query: dict[str, str]) -> None:
+        verb = verb_of(method, name, query)
+        for fault in self.faults:
+            if not fault.armed:
+                fault.armed = verb == fault.after and resource == fault.resource
+                continue
+            if fault.left > 0 and verb in fault.verbs and resource == fault.resource:
+                fault.left -= 1
+                fault.served += 1
+                if fault.code == 409:
+                    raise conflict(resource, name or "")
+                raise ApiError(fault.code, {500: "InternalError", 503: "ServiceUnavailable",
+                                            504: "Timeout"}.get(fault.code, "InternalError"),
+                               f"the server is currently unable to handle the request ({fault.code}, injected)")
+
     def check_access(self, method: str, resource: str, ns: str | None, name: str | None,
                      query: dict[str, str]) -> None:
+        verb = verb_of(method, name, query)
         refused = self.forbidden.get(ns or "")
+        if self.granted is not None and (resource, verb) not in self.granted and resource != "namespaces":
+            refused = {verb}
         if not refused:
             return
-        verb = {"GET": "get" if name else ("watch" if query.get("watch") in ("true", "1") else "list"),
-                "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
         if "*" not in refused and verb not in refused:
             return
         group = "apps" if RESOURCES[resource][0] == "apps/v1" else ""

@@ -3,7 +3,6 @@ schemas (kubernetes-validate, offline, strict) and keeps the safety settings a r
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,16 +10,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.kubectl import kubectl
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-KUBECTL = shutil.which("kubectl")
-
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
 def render(overlay: str) -> list[dict]:
-    out = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+    out = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -47,7 +45,7 @@ def test_every_resource_passes_the_schemas(rendered):
     for doc in docs:
         # Raises ValidationError naming the bad field; strict also rejects unknown fields.
         kubernetes_validate.validate(doc, version, strict=True)
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap"}
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PodDisruptionBudget", "ServiceAccount"}
 
 
 def test_schema_validation_rejects_a_bad_field(rendered):
@@ -60,12 +58,15 @@ def test_schema_validation_rejects_a_bad_field(rendered):
 
 
 def test_rollout_settings(rendered):
-    _, docs = rendered
+    overlay, docs = rendered
     d = by_kind(docs, "Deployment")
     assert d["metadata"]["name"] == "aads-serving"
     spec = d["spec"]
     assert spec["strategy"]["type"] == "RollingUpdate"
-    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    # CPU: never below full capacity (one extra pod). GPU: a fixed pool, one pod replaced at a
+    # time, since a surge pod on a full GPU pool would never be scheduled.
+    expected = {"maxUnavailable": 1, "maxSurge": 0} if overlay == "gpu" else {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["strategy"]["rollingUpdate"] == expected
     assert spec["revisionHistoryLimit"] >= 10
     assert 0 < spec["progressDeadlineSeconds"] <= 1800
     # The template labels match the selector, so the Service and PDB select the same pods.
@@ -115,32 +116,14 @@ def test_security_settings(rendered):
     assert pod["automountServiceAccountToken"] is False
 
 
-def test_version_manifests_configmap_is_mounted(rendered):
-    _, docs = rendered
-    cm = by_kind(docs, "ConfigMap")
-    for vdir in sorted((ROOT / "versions").iterdir()):
-        assert cm["data"][f"{vdir.name}.version.yaml"] == (vdir / "version.yaml").read_text()
-        assert cm["data"][f"{vdir.name}.adapter_spec.json"] == (vdir / "adapter_spec.json").read_text()
-    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
-    # kustomize rewrites the reference to the hashed name, so a manifest change rolls the pods.
-    assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in pod["volumes"])
-
-
-def test_version_copies_in_sync():
-    stale = []
-    for vdir in sorted((ROOT / "versions").iterdir()):
-        for name in ("version.yaml", "adapter_spec.json"):
-            copy = K8S / "base" / "versions" / vdir.name / name
-            if not copy.is_file() or copy.read_bytes() != (vdir / name).read_bytes():
-                stale.append(f"{vdir.name}/{name}")
-    assert not stale, f"k8s/base/versions is stale ({', '.join(stale)}): run k8s/sync-versions.sh"
-
-
 def test_gpu_overlay(rendered):
     overlay, docs = rendered
     d = by_kind(docs, "Deployment")
     pod = d["spec"]["template"]["spec"]
     limits = container(d)["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in container(d).get("env", [])}
+    # The device plugin sets NVIDIA_VISIBLE_DEVICES to the GPU it allocated; `all` would expose every one.
+    assert "NVIDIA_VISIBLE_DEVICES" not in env
     if overlay == "gpu":
         assert limits["nvidia.com/gpu"] == "1"
         assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
@@ -148,3 +131,54 @@ def test_gpu_overlay(rendered):
     else:
         assert "nvidia.com/gpu" not in limits
         assert "tolerations" not in pod
+
+
+def test_nothing_mounts_what_the_service_never_reads(rendered):
+    _, docs = rendered
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert "ConfigMap" not in {d["kind"] for d in docs}
+
+
+def test_termination_outlasts_the_prestop_pause_and_the_drain(rendered):
+    _, docs = rendered
+    d = by_kind(docs, "Deployment")
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    pause = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and int(pause[1]) >= 3
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # The service drains in two stages, each bounded by AADS_GRACEFUL_TIMEOUT_S (uvicorn's graceful
+    # shutdown, then the batch worker): serving/settings.py, serving/runtime.py.
+    drain = 2 * float(env["AADS_GRACEFUL_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > int(pause[1]) + drain
+
+
+def test_replicas_spread_and_drains_evict_unhealthy_pods(rendered):
+    _, docs = rendered
+    d = by_kind(docs, "Deployment")
+    spread = d["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    sel = d["spec"]["selector"]["matchLabels"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in spread:
+        assert c["labelSelector"]["matchLabels"] == sel and c["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_pods_run_as_their_own_service_account_without_a_token(rendered):
+    _, docs = rendered
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    sa = by_kind(docs, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is False
+
+
+def test_the_orchestrator_role_passes_the_schemas_and_has_no_delete():
+    out = subprocess.run([kubectl(), "kustomize", str(K8S / "rbac")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert "delete" not in verbs and "*" not in verbs
