@@ -101,8 +101,11 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
     weights = weight_files(backbone_dir)
     device = check_device(options.device)
     if options.image_size:
-        preprocess = Preprocess(family, options.image_size, options.resize_size or options.image_size,
-                                tuple(b.mean), tuple(b.std))
+        try:
+            preprocess = Preprocess(family, options.image_size, options.resize_size or options.image_size,
+                                    tuple(b.mean), tuple(b.std), crop=options.resize_size is not None)
+        except ValueError as e:
+            raise DataError(f"--image-size/--resize-size: {e}") from None
         pre_source = "build options"
     else:
         preprocess, pre_source = preprocess_from_checkpoint(backbone_dir, family, b.image_size, b.resize_size,
@@ -154,7 +157,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
                          checkpoint=work / ".checkpoints" / f"{crop}.pt",
                          feature_batch_size=options.feature_batch_size)
         adapter_metrics[crop] = train_adapter(job, ImageFiles(paths, preprocess, options.workers), torch.tensor(labels),
-                                              adir, _stage(progress, f"train {crop}"))
+                                              adir, progress)
     shutil.rmtree(work / ".checkpoints", ignore_errors=True)
 
     # 4. set-wide calibration on held-out images, golden set, model_set.json
@@ -260,10 +263,10 @@ def _train_router(work: Path, manifest: Manifest, data: dict, splits: dict, prep
 
 
 def dtype_agreement(model_dir: Path, manifest: Manifest, images: list[Image.Image], device: str,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, serving_dtype: str | None = None) -> dict:
     """Share of `images` whose decision (decision, reason, crop, disease) is the same in the dtype the
-    service will run in on `device` and in fp32. Target: >= 99.5%."""
-    serving = Pipeline.load(model_dir, manifest, device=device, verify=False)
+    service will run in on `device` (or `serving_dtype`) and in fp32. Target: >= 99.5%."""
+    serving = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype=serving_dtype)
     dtype = serving.info["dtype"]
     result = {"serving_dtype": dtype, "device": str(serving.device), "images": len(images),
               "target": DTYPE_AGREEMENT_TARGET}
@@ -385,7 +388,7 @@ def _move_into_place(work: Path, out_dir: Path) -> None:
 def _stage(progress: Progress | None, name: str) -> Progress | None:
     if progress is None:
         return None
-    return lambda stage, done, total: progress(stage if stage.startswith("train") else name, done, total)
+    return lambda _stage, done, total: progress(name, done, total)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -407,20 +410,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, help="training batch size (default: the manifest's)")
     ap.add_argument("--model-id", help="the Hub id the checkpoint is (default: the manifest's model_id; may name "
                                        "one of its variants); its family and size are checked against config.json")
+    ap.add_argument("--image-size", type=int, help="input size, overriding the checkpoint's preprocessor_config.json "
+                                                   "(a square resize when --resize-size is not given)")
+    ap.add_argument("--resize-size", type=int, help="shorter side before a centre crop of --image-size")
     ap.add_argument("--calibration-images", type=int, default=2000,
                     help="held-out images used for the early-exit threshold and the bf16/fp32 check (default 2000)")
     ap.add_argument("--golden-per-crop", type=int, default=2, help="held-out images per crop in the golden set (default 2)")
     ap.add_argument("--workers", type=int, help="image decoding threads (default: min(8, CPUs))")
     ap.add_argument("--json", action="store_true", help="print model_set.json (without file hashes) on stdout, no progress bar")
     args = ap.parse_args(argv)
-    for name in ("epochs", "batch_size", "calibration_images", "workers"):
+    for name in ("epochs", "batch_size", "calibration_images", "workers", "image_size", "resize_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     options = BuildOptions(device=args.device, epochs=args.epochs, batch_size=args.batch_size, model_id=args.model_id,
                            calibration_images=args.calibration_images, golden_per_crop=args.golden_per_crop,
-                           workers=args.workers)
+                           workers=args.workers, image_size=args.image_size, resize_size=args.resize_size)
     try:
         if args.json:
             build(args.version_dir, args.backbone, args.data, args.out, options, log=lambda m: print(m, file=sys.stderr))

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+_SCALARS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.is_nonzero, torch.ops.aten.item}
 _COPIES = {torch.ops.aten._to_copy, torch.ops.aten.copy_, torch.ops.aten.to}
 
 
@@ -45,8 +46,8 @@ class DeviceMixCheck(TorchDispatchMode):
         copy = func.overloadpacket in _COPIES
         if len(devices) > 1 and not copy:
             self.mixed.append(f"{func}: {sorted(devices)}")
-        if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
-            return False if args[0].dtype == torch.bool else 0
+        if func.overloadpacket in _SCALARS and args[0].device.type == "meta":
+            return False if args[0].dtype == torch.bool or func.overloadpacket is torch.ops.aten.is_nonzero else 0
         if copy and func.overloadpacket is not torch.ops.aten.copy_ and args[0].device.type == "meta":
             target = _target_device(args, kwargs)
             if target is not None and target.type == "cpu":
