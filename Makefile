@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install engine kubectl models images demo test test-unit test-integration \
-        bench-serving bench-backbones bench-images bench-switch bench-backup clean help
+        bench-serving bench-backbones bench-images bench-switch bench-backup gpu-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -65,6 +65,9 @@ bench-switch: images  ## switch + rollback under load through the edge (own stac
 
 bench-backup: install engine  ## backup create/restore vs docker save/load, peak RSS, zstd (own multi-GB test image)
 	$(PY) benchmarks/bench_backup.py
+
+gpu-check:  ## on a GPU machine (python3 + torch/transformers/peft only): build, serve, bf16 vs fp32, img/s, memory
+	python3 scripts/gpu_check.py --out build/gpu-check
 
 clean:  ## remove build outputs (not the ledger)
 	rm -rf build

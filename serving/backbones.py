@@ -1,7 +1,7 @@
 """DINO backbones (transformers `Dinov2Model` / `DINOv3ViTModel`) from local directories.
 
-Loading is offline only: a backbone directory holds `config.json` + `model.safetensors` in
-Hugging Face format. `EncoderView` exposes the pieces both families share (embeddings, the
+Loading is offline only: a backbone directory holds `config.json` + the weights
+(`model.safetensors`, or shards listed in `model.safetensors.index.json`) in Hugging Face format. `EncoderView` exposes the pieces both families share (embeddings, the
 list of blocks, the final norm) so dynamic depth can run the blocks one at a time.
 """
 
@@ -17,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel  # noqa: E402
+from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTRopePositionEmbedding  # noqa: E402
 
 from serving.bundles import ModelLoadError  # noqa: E402
 
@@ -36,6 +37,8 @@ REAL_SIZES = {
     "B": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# Modules that must stay in eval mode while adapters train (DINOv3's RoPE augments positions in train mode).
+ROPE_MODULES = (DINOv3ViTRopePositionEmbedding,)
 
 
 def backbone_config(family: str, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
@@ -71,10 +74,11 @@ def real_size_backbone(family: str, size: str, seed: int = 0) -> torch.nn.Module
 
 
 def choose_device_dtype(device: str | None = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """CUDA + bf16 when a GPU is visible (dtype auto), else CPU + fp32."""
+    """CUDA + bf16 when a GPU with bf16 is visible (dtype auto), else fp32 (CPU, or a GPU without bf16)."""
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
-        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        # Pre-Ampere GPUs emulate bf16 slowly or not at all: fp32 there.
+        dt = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     else:
         dt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     return dev, dt
@@ -91,7 +95,7 @@ def load_backbone(directory: str | Path, family: str, device: torch.device | str
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown backbone family {family!r}")
     config_cls, model_cls, model_type = FAMILIES[family]
-    expect = f"expected config.json and model.safetensors of a {model_cls.__name__} in {directory}"
+    expect = f"expected config.json and model.safetensors (or its shard index) of a {model_cls.__name__} in {directory}"
     if not (directory / "config.json").is_file() or not any((directory / f).is_file() for f in WEIGHT_FILES):
         raise ModelLoadError(f"backbone weights missing: {expect}")
     try:
@@ -146,11 +150,18 @@ class EncoderView:
         return hidden, {"attention_mask": None}
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm, then [CLS, mean of patch tokens] (registers excluded), in float32."""
-        normed = self.norm(hidden)
+        """Final norm, then [CLS, mean of patch tokens] (registers excluded), all in float32.
+
+        The heads and OOD statistics are fitted on fp32 features; a bf16 norm and mean move a
+        pooled feature by up to ~1% and flip decisions, so this step never runs in bf16.
+        """
+        norm = self.norm
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
+        normed = torch.nn.functional.layer_norm(hidden.float(), norm.normalized_shape, weight, bias, norm.eps)
         cls = normed[:, 0]
         patches = normed[:, self.prefix_tokens:].mean(dim=1)
-        return torch.cat([cls, patches], dim=-1).float()
+        return torch.cat([cls, patches], dim=-1)
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden, kwargs = self.embed(pixel_values)

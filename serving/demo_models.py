@@ -2,11 +2,11 @@
 
     python -m serving.demo_models --version-dir versions/v5.5.4-dinov3 --out build/models/v5.5.4-dinov3
 
-A small RANDOMLY INITIALIZED backbone of the version's family (the real architecture at a
-small size), a router, and one LoRA adapter per crop of the adapter spec, trained on the
-deterministic synthetic image set (serving.synthetic) with the manifest's training settings.
-For a version with dynamic blocks enabled, the exit threshold is calibrated on a separate
-synthetic calibration split and stored in model_set.json.
+The real builder (`python -m serving.build_model_set`) fed a small RANDOMLY INITIALIZED
+backbone of the version's family (the real architecture at a small size, saved in Hub format)
+and the deterministic synthetic image set (serving.synthetic): a router and one LoRA adapter
+per crop of the adapter spec, trained with the manifest's training settings; OOD and, for a
+version with dynamic blocks enabled, the exit threshold calibrated on held-out images.
 
 An existing complete set whose stamp (manifest hash + build settings + this code) matches is
 reused, not rebuilt. `build_model_set(..., tiny=True)` makes a seconds-sized set for tests.
@@ -15,7 +15,6 @@ reused, not rebuilt. `build_model_set(..., tiny=True)` makes a seconds-sized set
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import shutil
@@ -29,16 +28,15 @@ import torch
 from PIL import Image
 
 from serving import synthetic
-from serving.backbones import EncoderView, random_backbone, save_backbone
-from serving.bundles import ModelLoadError, hash_tree, staged_directory, verify_hashes
+from serving.backbones import random_backbone, save_backbone
+from serving.build_model_set import BuildOptions, build
+from serving.bundles import ModelLoadError, verify_hashes
 from serving.manifest import ManifestError, load_manifest, manifest_sha256
-from serving.pipeline import MODEL_SET_FILE, RANDOM_INIT_NOTICE, Pipeline
-from serving.preprocess import Preprocess
-from serving.router import train_router
-from serving.train import AdapterJob, features, list_image_folder, load_images, stratified_split, train_adapter
+from serving.pipeline import MODEL_SET_FILE, Pipeline
+from serving.train import DataError
 
 Progress = Callable[[str, int, int], None]
-SET_FORMAT = 1
+SET_FORMAT = 2
 
 # Sizes: the demo set must train in a few minutes on 2 CPU cores and still reach the accuracy
 # and OOD targets on held-out synthetic images; the tiny set only has to exercise every path.
@@ -47,8 +45,8 @@ DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "i
 TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 56, "dinov3": 64},
         "resize_size": 72, "canvas": 80, "per_class": 10, "calibration_per_class": 4, "epochs": 2, "batch_size": 16}
 # The code that decides what the weights and statistics of a set are (not how they are served).
-_STAMPED_SOURCES = ("backbones.py", "dynamic_depth.py", "ood.py", "preprocess.py", "router.py", "synthetic.py",
-                    "train.py")
+_STAMPED_SOURCES = ("backbones.py", "build_model_set.py", "checkpoints.py", "dynamic_depth.py", "ood.py",
+                    "preprocess.py", "router.py", "synthetic.py", "train.py")
 
 
 def _stamp(version_dir: Path, cfg: dict, tiny: bool) -> str:
@@ -65,7 +63,7 @@ def existing_set_matches(out_dir: Path, stamp: str) -> bool:
     """A complete set with this stamp whose files all still match their hashes."""
     try:
         doc = json.loads((out_dir / MODEL_SET_FILE).read_text())
-        if doc.get("stamp") != stamp:
+        if doc.get("demo_stamp") != stamp:
             return False
         verify_hashes(out_dir, doc["files"], f"model set {out_dir}")
         return True
@@ -75,7 +73,11 @@ def existing_set_matches(out_dir: Path, stamp: str) -> bool:
 
 def build_model_set(version_dir: str | Path, out_dir: str | Path, tiny: bool = False, force: bool = False,
                     progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Path:
-    """Build (or reuse) the demo model set of a version in out_dir; returns out_dir."""
+    """Build (or reuse) the demo model set of a version in out_dir; returns out_dir.
+
+    The real builder (serving.build_model_set) fed a random backbone of the version's family,
+    saved in Hub format, and a generated synthetic ImageFolder per crop.
+    """
     version_dir, out_dir = Path(version_dir), Path(out_dir)
     say = log or (lambda _msg: None)
     manifest = load_manifest(version_dir)
@@ -87,83 +89,24 @@ def build_model_set(version_dir: str | Path, out_dir: str | Path, tiny: bool = F
         say(f"reused the existing model set in {out_dir} (stamp {stamp[:12]} matches, every hash verified)")
         return out_dir
 
-    t0 = time.perf_counter()
-    b = manifest.backbone
-    preprocess = Preprocess(family, cfg["image_size"], cfg["resize_size"], tuple(b.mean), tuple(b.std))
-    training = manifest.training.model_copy(update={k: cfg[k] for k in ("epochs", "batch_size") if cfg[k]})
-    crops = manifest.crops
-    data_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.synthetic-", dir=_ensure(out_dir.parent)))
+    training = manifest.training
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.demo-inputs-", dir=_ensure(out_dir.parent)))
     try:
-        with staged_directory(out_dir) as tmp:
-            say(f"generating the synthetic image set ({cfg['per_class']} per class) in {data_root}")
-            synthetic.generate(data_root, crops, cfg["per_class"], seed=training.seed, size=cfg["canvas"],
-                               progress=_stage(progress, "synthetic images"))
-            size = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                                                 "initializer_range")}
-            backbone = random_backbone(family, seed=training.seed, **size)
-            save_backbone(backbone, tmp / "backbone")
-
-            # Every image once, through the ImageFolder path that `python -m serving.train` uses.
-            per_crop: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            for crop, classes in crops.items():
-                paths, labels = list_image_folder(data_root / crop, classes)
-                per_crop[crop] = (load_images(paths, preprocess, _stage(progress, f"load {crop}")), torch.tensor(labels))
-
-            say("training the router (linear probe + OOD statistics on base-backbone features)")
-            view = EncoderView(backbone)
-            feats, crop_lab, fine_lab, fine_names = [], [], [], []
-            for ci, (crop, (imgs, labels)) in enumerate(per_crop.items()):
-                feats.append(features(view, imgs))
-                crop_lab.append(torch.full((len(labels),), ci))
-                fine_lab.append(labels + len(fine_names))
-                fine_names += [f"{crop}/{c}" for c in crops[crop]]
-            feats, crop_lab, fine_lab = torch.cat(feats), torch.cat(crop_lab), torch.cat(fine_lab)
-            tr_idx, ho_idx = stratified_split(fine_lab, training.holdout_fraction, training.seed)
-            router_metrics = train_router(
-                feats[tr_idx], crop_lab[tr_idx], fine_lab[tr_idx], feats[ho_idx], crop_lab[ho_idx], fine_lab[ho_idx],
-                list(crops), fine_names, manifest.adapter_spec.router_acceptance_rate, tmp / "router",
-                {"family": family, "random_init": True, "synthetic": True})
-            del backbone, view
-
-            adapter_metrics = {}
-            for crop, (imgs, labels) in per_crop.items():
-                say(f"training the {crop} adapter (LoRA r={manifest.adapter_spec.lora.rank} on "
-                    f"{'+'.join(manifest.adapter_spec.lora.target_modules)}, {training.epochs} epochs)")
-                job = AdapterJob(crop, crops[crop], family, tmp / "backbone", manifest.adapter_spec.lora, training,
-                                 manifest.adapter_spec.ood_acceptance_rate, random_init=True, synthetic=True)
-                adapter_metrics[crop] = train_adapter(job, imgs, labels, tmp / "adapters" / crop,
-                                                      _stage(progress, f"train {crop}"))
-            del per_crop
-
-            doc = {
-                "format": SET_FORMAT, "version": manifest.version, "family": family,
-                "model_id": b.model_id, "stands_for": b.model_id, "random_init": True, "synthetic": True,
-                "notice": RANDOM_INIT_NOTICE, "tiny": tiny,
-                "backbone_config": size, "preprocess": preprocess.to_dict(),
-                "training": training.model_dump(), "synthetic_set": {"per_class": cfg["per_class"], "seed": training.seed,
-                                                                    "canvas": cfg["canvas"]},
-                "metrics": {"router": router_metrics, "adapters": adapter_metrics},
-                "dynamic_depth": {"enabled": False},
-                "stamp": stamp,
-            }
-            _write_set_json(tmp, doc)
-            dyn = manifest.dynamic_blocks
-            if dyn.enabled:
-                say("calibrating the dynamic block count on a separate synthetic calibration split")
-                pipe = Pipeline.load(tmp, manifest, device="cpu")
-                calib = [synthetic.leaf_image(c, d, i, seed=training.seed + 1000, size=cfg["canvas"])
-                         for c, ds in crops.items() for d in ds for i in range(cfg["calibration_per_class"])]
-                result = pipe.calibrate_depth(calib)
-                doc["dynamic_depth"] = {"enabled": True, "min_blocks": pipe.policy.min_blocks,
-                                        "min_blocks_fraction": dyn.min_blocks_fraction,
-                                        "manifest_threshold": dyn.threshold, "target_agreement": dyn.target_agreement,
-                                        **result.to_dict()}
-                del pipe
-            doc["build_seconds"] = round(time.perf_counter() - t0, 1)
-            _write_set_json(tmp, doc)
+        say(f"generating the synthetic image set ({cfg['per_class']} per class) in {scratch / 'data'}")
+        synthetic.generate(scratch / "data", manifest.crops, cfg["per_class"], seed=training.seed, size=cfg["canvas"],
+                           progress=_stage(progress, "synthetic images"))
+        size = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                                    "initializer_range")}
+        save_backbone(random_backbone(family, seed=training.seed, **size), scratch / "backbone")
+        options = BuildOptions(
+            device="cpu", epochs=cfg["epochs"], batch_size=cfg["batch_size"], image_size=cfg["image_size"],
+            resize_size=cfg["resize_size"], random_init=True, synthetic=True, check_size=False, workers=1,
+            extra={"stands_for": manifest.backbone.model_id, "tiny": tiny, "demo_backbone": size,
+                   "synthetic_set": {"per_class": cfg["per_class"], "seed": training.seed, "canvas": cfg["canvas"]},
+                   "demo_stamp": stamp})
+        build(version_dir, scratch / "backbone", scratch / "data", out_dir, options, progress=progress, log=say)
     finally:
-        shutil.rmtree(data_root, ignore_errors=True)
-    say(f"wrote {out_dir} in {time.perf_counter() - t0:.0f}s")
+        shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
 
 
@@ -239,12 +182,6 @@ def _count(values) -> dict:
     return out
 
 
-def _write_set_json(directory: Path, doc: dict) -> None:
-    doc = {**doc, "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-           "files": hash_tree(directory, skip=(MODEL_SET_FILE,))}
-    (directory / MODEL_SET_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -287,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads((args.out / MODEL_SET_FILE).read_text())
             doc.pop("files")
             print(json.dumps(doc))
-    except (ManifestError, ModelLoadError, OSError, ValueError) as e:
+    except (ManifestError, ModelLoadError, DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

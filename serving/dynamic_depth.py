@@ -1,8 +1,10 @@
-"""Dynamic block count: per-sample early exit once the CLS feature has converged.
+"""Dynamic block count: per-sample early exit once the feature the heads read has converged.
 
 The blocks are run one at a time (`EncoderView`). After `min_blocks`, a sample leaves the batch
-as soon as the cosine similarity between its CLS token before and after a block reaches the
-threshold; its pooled feature is taken from the state at that block (through the final norm).
+as soon as the cosine similarity between its pooled feature ([norm(CLS), mean of normed
+patches], what the heads and OOD checks read) before and after a block reaches the threshold;
+that pooled feature is its output, and the OOD checks score it with the statistics of that
+block (serving.ood `by_depth`).
 The rest of the batch continues with fewer rows, which is where the time is saved.
 
 The threshold is calibrated: among candidate thresholds, the lowest one whose decisions agree
@@ -38,42 +40,69 @@ FULL_DEPTH = DepthPolicy(False, 0, NEVER)
 
 def run(view: EncoderView, pixel_values: torch.Tensor, policy: DepthPolicy = FULL_DEPTH
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features (n, 2*hidden) float32 and blocks used per sample (n,) long."""
+    """Pooled features (n, 2*hidden) float32 and blocks used per sample (n,) long (on the CPU)."""
     hidden, kwargs = view.embed(pixel_values)
     n, num_layers = hidden.shape[0], view.num_layers
     feats = torch.empty(n, view.feature_dim, dtype=torch.float32, device=hidden.device)
     blocks = torch.full((n,), num_layers, dtype=torch.long)
     active = torch.arange(n, device=hidden.device)
     check = policy.enabled and policy.threshold <= 1.0
-    prev_cls = hidden[:, 0]
+    first = max(policy.min_blocks, 1)
+    prev = view.pool(hidden) if check and first == 1 else None
     for depth, layer in enumerate(view.layers, start=1):
         hidden = layer(hidden, **kwargs)
-        if check and policy.min_blocks <= depth < num_layers:
-            sim = torch.nn.functional.cosine_similarity(hidden[:, 0].float(), prev_cls.float(), dim=-1)
-            done = sim >= policy.threshold
-            if bool(done.any()):
-                feats[active[done]] = view.pool(hidden[done])
-                blocks[active[done].cpu()] = depth
-                keep = ~done
-                hidden, active = hidden[keep], active[keep]
-                if hidden.shape[0] == 0:
-                    return feats, blocks
-        prev_cls = hidden[:, 0]
+        if check and first - 1 <= depth < num_layers:
+            pooled = view.pool(hidden)
+            if prev is not None:
+                done = _converged(pooled, prev, policy.threshold)
+                if bool(done.any()):
+                    feats[active[done]] = pooled[done]
+                    blocks[active[done].cpu()] = depth
+                    keep = ~done
+                    hidden, active, pooled = hidden[keep], active[keep], pooled[keep]
+                    if hidden.shape[0] == 0:
+                        return feats, blocks
+            prev = pooled
     feats[active] = view.pool(hidden)
     return feats, blocks
 
 
+def _converged(pooled: torch.Tensor, prev: torch.Tensor, threshold: float) -> torch.Tensor:
+    # Convergence of what the heads and OOD read ([norm(CLS), mean of normed patches]), not the raw CLS.
+    return torch.nn.functional.cosine_similarity(pooled, prev, dim=-1) >= threshold
+
+
 def trace(view: EncoderView, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-depth pass keeping, per block, the pooled feature (L, n, F) and CLS similarity (L, n)."""
+    """Full-depth pass keeping, per block, the pooled feature (L, n, F) and its cosine similarity
+    to the previous block's pooled feature (L, n) -- the quantity `run` compares with the threshold."""
     hidden, kwargs = view.embed(pixel_values)
     feats, sims = [], []
-    prev_cls = hidden[:, 0]
+    prev = view.pool(hidden)
     for layer in view.layers:
         hidden = layer(hidden, **kwargs)
-        sims.append(torch.nn.functional.cosine_similarity(hidden[:, 0].float(), prev_cls.float(), dim=-1))
-        feats.append(view.pool(hidden))
-        prev_cls = hidden[:, 0]
+        pooled = view.pool(hidden)
+        sims.append(torch.nn.functional.cosine_similarity(pooled, prev, dim=-1))
+        feats.append(pooled)
+        prev = pooled
     return torch.stack(feats), torch.stack(sims)
+
+
+def pooled_at(view: EncoderView, pixel_values: torch.Tensor, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Full-depth pass keeping the pooled feature after each block in `depths` only."""
+    hidden, kwargs = view.embed(pixel_values)
+    out = {}
+    for depth, layer in enumerate(view.layers, start=1):
+        hidden = layer(hidden, **kwargs)
+        if depth in depths:
+            out[depth] = view.pool(hidden)
+    return out
+
+
+def exit_depths(policy: DepthPolicy, num_layers: int) -> tuple[int, ...]:
+    """The blocks `run` may stop after under `policy` (empty when early exit is off)."""
+    if not policy.enabled:
+        return ()
+    return tuple(range(max(policy.min_blocks, 1), num_layers))
 
 
 def exit_blocks(sims: torch.Tensor, min_blocks: int, threshold: float) -> torch.Tensor:

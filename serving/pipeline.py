@@ -22,6 +22,7 @@ from serving import dynamic_depth
 from serving import ood as ood_mod
 from serving.backbones import EncoderView, choose_device_dtype, load_backbone
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
+from serving.checkpoints import weights_digest
 from serving.manifest import Manifest
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
@@ -59,10 +60,20 @@ class _Adapter:
     ood: ood_mod.OODModel
     meta: dict
 
-    def predict(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict(self, feats: torch.Tensor, blocks: list[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> class index, its probability, OOD score (n,), on the device of `feats`."""
         probs = self.head(feats).softmax(-1)
         conf, idx = probs.max(-1)
-        return idx, conf, self.ood.scores(feats)
+        return idx, conf, self.ood.scores(feats, blocks)
+
+    def to(self, device: torch.device) -> "_Adapter":
+        return _Adapter(self.crop, self.classes, self.head.to(device), self.ood.to(device), self.meta)
+
+
+def _host(*tensors: torch.Tensor) -> list[list]:
+    """Device tensors -> Python lists, in one transfer each (the only place results leave the device)."""
+    return [t.detach().to("cpu").tolist() for t in tensors]
 
 
 def read_model_set(model_dir: Path) -> dict:
@@ -74,6 +85,14 @@ def read_model_set(model_dir: Path) -> dict:
         if key not in doc:
             raise ModelLoadError(f"{path} lacks {key!r}")
     return doc
+
+
+def backbone_weights_digest(model_dir: Path, files: dict[str, str]) -> str | None:
+    """The digest adapters record as `backbone_sha256` (single file or shard set), from the set's hashes."""
+    try:
+        return weights_digest(model_dir / "backbone", files, prefix="backbone/")
+    except ModelLoadError:
+        return None
 
 
 class Pipeline:
@@ -105,8 +124,12 @@ class Pipeline:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True) -> "Pipeline":
-        """Load and verify a model set (offline). Raises ModelLoadError naming the bad path."""
+    def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True,
+             dtype: str | None = None) -> "Pipeline":
+        """Load and verify a model set (offline). Raises ModelLoadError naming the bad path.
+
+        `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32.
+        """
         t0 = time.perf_counter()
         model_dir = Path(model_dir)
         doc = read_model_set(model_dir)
@@ -125,19 +148,21 @@ class Pipeline:
             pre = doc["preprocess"]
             preprocess = Preprocess(family, int(pre["image_size"]), int(pre["resize_size"]),
                                     tuple(pre.get("mean", manifest.backbone.mean)),
-                                    tuple(pre.get("std", manifest.backbone.std)))
+                                    tuple(pre.get("std", manifest.backbone.std)),
+                                    crop=bool(pre.get("crop", True)), resample=pre.get("resample"))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: bad preprocess section ({e})") from None
         if int(pre.get("patch_size", PATCH_SIZE[family])) != PATCH_SIZE[family]:
             raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: patch size {pre.get('patch_size')} is not {family}'s")
 
-        dev, dt = choose_device_dtype(device, manifest.backbone.dtype)
-        backbone = load_backbone(model_dir / "backbone", family, dev, dt)
+        dev, dt = choose_device_dtype(device, dtype or manifest.backbone.dtype)
+        # Loaded on the CPU with its adapters, then moved as a whole (peft loads into real tensors).
+        backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
         router = Router.load(model_dir / "router")
         if sorted(router.crops) != sorted(manifest.crops):
             raise ModelLoadError(f"router in {model_dir / 'router'} knows crops {router.crops}, "
                                  f"the manifest lists {list(manifest.crops)}")
-        backbone_sha = doc["files"].get("backbone/model.safetensors")
+        backbone_sha = backbone_weights_digest(model_dir, doc["files"])
         adapters: dict[str, _Adapter] = {}
         model = None
         for crop, classes in manifest.crops.items():
@@ -159,12 +184,22 @@ class Pipeline:
             except Exception as e:
                 raise ModelLoadError(f"adapter {adir} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
             adapters[crop] = _Adapter(crop, list(classes), head, ood, meta)
+        # Everything that touches features lives where the features come out: the backbone's device.
         model = model.to(device=dev, dtype=dt).eval()
+        router = router.to(dev)
+        adapters = {crop: a.to(dev) for crop, a in adapters.items()}
         view = EncoderView(model)
         dyn_cfg = manifest.dynamic_blocks
         threshold = float((doc.get("dynamic_depth") or {}).get("threshold", dyn_cfg.threshold))
         policy = dynamic_depth.DepthPolicy.from_fraction(dyn_cfg.enabled, dyn_cfg.min_blocks_fraction, threshold,
                                                          view.num_layers)
+        if policy.enabled:
+            exits = set(range(max(policy.min_blocks, 1), view.num_layers))
+            lacking = [name for name, ood in [("router", router.ood)] + [(c, a.ood) for c, a in adapters.items()]
+                       if not exits <= set(ood.by_depth)]
+            if lacking:
+                raise ModelLoadError(f"model set {model_dir}: dynamic blocks are on, but the OOD statistics of "
+                                     f"{', '.join(lacking)} lack blocks {sorted(exits)} (rebuild the set)")
         return cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
                    adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
                    load_seconds=time.perf_counter() - t0)
@@ -217,7 +252,8 @@ class Pipeline:
             if routed:
                 with self.model.disable_adapter():
                     feats, used = dynamic_depth.run(self.view, pixels[routed], policy)
-                idx, conf, score = self.router.predict(feats)
+                used = used.tolist()
+                idx, conf, score = _host(*self.router.predict(feats, used))
                 for j, i in enumerate(routed):
                     crops[i] = self.router.crops[int(idx[j])]
                     crop_conf[i], router_score[i] = float(conf[j]), float(score[j])
@@ -231,7 +267,8 @@ class Pipeline:
                 adapter = self.adapters[crop]
                 self.model.set_adapter(crop)
                 feats, used = dynamic_depth.run(self.view, pixels[members], policy)
-                idx, conf, score = adapter.predict(feats)
+                used = used.tolist()
+                idx, conf, score = _host(*adapter.predict(feats, used))
                 for j, i in enumerate(members):
                     disease[i] = adapter.classes[int(idx[j])]
                     confidence[i], ood_score[i] = float(conf[j]), float(score[j])
@@ -278,7 +315,7 @@ class Pipeline:
                 r_feats.append(f.cpu())
                 r_sims.append(s.cpu())
             r_feats, r_sims = torch.cat(r_feats, 1), torch.cat(r_sims, 1)
-            full_crop = self.router.predict(r_feats[-1])[0]
+            full_crop = torch.tensor(_host(self.router.predict(r_feats[-1].to(self.device))[0])[0])
             n = r_feats.shape[1]
             a_feats = torch.empty(num_layers, n, self.view.feature_dim)
             a_sims = torch.empty(num_layers, n)
@@ -295,14 +332,15 @@ class Pipeline:
         def decisions(r_blocks: torch.Tensor, a_blocks: torch.Tensor) -> list[tuple]:
             rows = torch.arange(n)
             rf, af = r_feats[r_blocks - 1, rows], a_feats[a_blocks - 1, rows]
-            cidx, _, rscore = self.router.predict(rf)
+            cidx, _, rscore = _host(*self.router.predict(rf.to(self.device), r_blocks.tolist()))
             out = []
             for i in range(n):
                 crop = self.router.crops[int(cidx[i])]
                 if int(cidx[i]) != int(full_crop[i]):
                     out.append(("crop-changed", crop))
                     continue
-                didx, conf, oscore = self.adapters[crop].predict(af[i:i + 1])
+                didx, conf, oscore = _host(*self.adapters[crop].predict(af[i:i + 1].to(self.device),
+                                                                        [int(a_blocks[i])]))
                 decision = self._decide(float(rscore[i]), float(oscore[0]), float(conf[0]))
                 out.append((*decision, crop, self.adapters[crop].classes[int(didx[0])]))
             return out

@@ -1,8 +1,11 @@
-"""Per-family image preprocessing: shorter side resize, centre crop, mean/std normalisation.
+"""Per-checkpoint image preprocessing: resize (+ centre crop), mean/std normalisation.
 
-DINOv2 checkpoints were trained with bicubic resizing and patch 14, DINOv3 with bilinear
-resizing and patch 16; both use ImageNet mean/std. The sizes come from the model set (a demo
-set uses a smaller image than the production manifest), the family fixes resampling and patch.
+Two layouts, as the published processors do it: `crop=True` resizes the shorter side to
+`resize_size` and cuts the centre `image_size` square (DINOv2's BitImageProcessor); `crop=False`
+resizes the whole image to an `image_size` square without cropping (DINOv3's processor).
+Resampling defaults to the family's (DINOv2 bicubic, DINOv3 bilinear) and mean/std to
+ImageNet's; a checkpoint's own `preprocessor_config.json` overrides all of it when a model set
+is built (see serving.checkpoints), and the model set records the result.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch
 from PIL import Image, ImageOps
 
 PATCH_SIZE = {"dinov2": 14, "dinov3": 16}
-RESAMPLE = {"dinov2": Image.Resampling.BICUBIC, "dinov3": Image.Resampling.BILINEAR}
+RESAMPLE = {"dinov2": "bicubic", "dinov3": "bilinear"}
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,16 @@ class Preprocess:
     resize_size: int
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop: bool = True
+    resample: str | None = None  # None: the family's
 
     def __post_init__(self):
         if self.family not in PATCH_SIZE:
             raise ValueError(f"unknown backbone family {self.family!r}")
+        if self.resample is None:
+            object.__setattr__(self, "resample", RESAMPLE[self.family])
+        if self.resample not in _PIL_RESAMPLE:
+            raise ValueError(f"unknown resample {self.resample!r}: choose from {', '.join(_PIL_RESAMPLE)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
         if self.resize_size < self.image_size:
@@ -48,6 +58,8 @@ class Preprocess:
             resize_size=int(d["resize_size"]),
             mean=tuple(d.get("mean", cls.mean)),
             std=tuple(d.get("std", cls.std)),
+            crop=bool(d.get("crop", True)),
+            resample=d.get("resample"),
         )
 
     def array(self, image: Image.Image) -> np.ndarray:
@@ -60,12 +72,16 @@ class Preprocess:
                 canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(canvas, rgba)
             image = image.convert("RGB")
-        w, h = image.size
-        scale = self.resize_size / min(w, h)
-        nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
-        image = image.resize((nw, nh), RESAMPLE[self.family])
-        left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
-        image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        resample = _PIL_RESAMPLE[self.resample]
+        if self.crop:
+            w, h = image.size
+            scale = self.resize_size / min(w, h)
+            nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+            image = image.resize((nw, nh), resample)
+            left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
+            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        else:
+            image = image.resize((self.image_size, self.image_size), resample)
         x = np.asarray(image, dtype=np.float32) / 255.0
         x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))

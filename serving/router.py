@@ -33,6 +33,9 @@ class LinearProbe:
     def to_tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k).contiguous() for k in ("center", "scale", "weight", "bias")}
 
+    def to(self, device: torch.device | str) -> "LinearProbe":
+        return LinearProbe(*(getattr(self, k).to(device) for k in ("center", "scale", "weight", "bias")))
+
 
 def fit_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
               steps: int = 200) -> LinearProbe:
@@ -63,11 +66,19 @@ class Router:
     ood: ood_mod.OODModel
     meta: dict
 
-    def predict(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> crop index (n,), its probability (n,), OOD score (n,; > 1 = not a supported crop)."""
+    def predict(self, feats: torch.Tensor, blocks: list[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> crop index (n,), its probability (n,), OOD score (n,; > 1 = not a supported crop).
+
+        All on the device of `feats`; `blocks`: the block each row's feature came from (early exit).
+        """
         probs = self.probe.logits(feats).softmax(-1)
         conf, idx = probs.max(-1)
-        return idx, conf, self.ood.scores(feats)
+        return idx, conf, self.ood.scores(feats, blocks)
+
+    def to(self, device: torch.device | str) -> "Router":
+        """The router with probe and OOD statistics on `device`, where the features will be."""
+        return Router(self.crops, self.probe.to(device), self.ood.to(device), self.meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Router":
@@ -85,10 +96,18 @@ def train_router(train_feats: torch.Tensor, train_crop: torch.Tensor, train_fine
                  heldout_feats: torch.Tensor, heldout_crop: torch.Tensor, heldout_fine: torch.Tensor,
                  crops: list[str], fine_names: list[str], acceptance_rate: float, out_dir: str | Path,
                  meta: dict) -> dict:
-    """Fit the probe and OOD statistics on train features, thresholds on held-out; write the bundle."""
+    """Fit the probe and OOD statistics on train features, thresholds on held-out; write the bundle.
+
+    Features are (n, F) of the last block, or {block: (n, F)} including the last block when
+    early exit may stop at the other blocks (OOD statistics are then fitted for each).
+    """
+    feats_by_depth = isinstance(train_feats, dict)
+    num_layers = max(train_feats) if feats_by_depth else 0
+    ood = ood_mod.fit_calibrated(train_feats, train_fine, heldout_feats, heldout_fine, len(fine_names),
+                                 acceptance_rate, num_layers)
+    if feats_by_depth:  # the probe reads the last block; per-depth features only serve the OOD check
+        train_feats, heldout_feats = train_feats[num_layers], heldout_feats[num_layers]
     probe = fit_probe(train_feats, train_crop, len(crops))
-    ood = ood_mod.fit(train_feats, train_fine, len(fine_names))
-    ood = ood_mod.calibrate(ood, heldout_feats, heldout_fine, acceptance_rate)
     with torch.no_grad():
         acc = float((probe.logits(heldout_feats).argmax(-1) == heldout_crop).float().mean())
         accepted = float((ood.scores(heldout_feats) <= 1).float().mean())
@@ -100,5 +119,6 @@ def train_router(train_feats: torch.Tensor, train_crop: torch.Tensor, train_fine
         write_bundle(tmp, {**meta, "kind": "router", "crops": crops, "ood_classes": fine_names,
                            "ood_thresholds": [round(float(t), 6) for t in ood.thresholds],
                            "ood_acceptance_rate": acceptance_rate, "ood_shrinkage": ood.shrinkage,
+                           "ood_exit_depths": sorted(ood.by_depth),
                            "feature": "cls+mean_patch", "metrics": metrics})
     return metrics

@@ -1,0 +1,51 @@
+"""scripts/gpu_check.py: the GPU check runs end to end on the CPU (--device cpu --quick) and keeps its budget."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "scripts/gpu_check.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_builds_serves_compares_and_measures(tmp_path):
+    r = run("--device", "cpu", "--quick", "--out", tmp_path, "--budget-s", 400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    (entry,) = report["backbones"]
+    assert entry["model_id"] == "facebook/dinov3-vits16-pretrain-lvd1689m" and report["random_weights"] is True
+    assert entry["http"]["ok"] and entry["http"]["ready_seconds"] > 0 and entry["http"]["version"] == "v5.5.4-dinov3"
+    assert entry["dtype"]["serving_dtype"] == "float32" and entry["dtype"]["agreement"] == 1.0
+    assert all(isinstance(entry["throughput"]["images_per_s"][b], float) for b in ("1", "8", "32"))
+    batcher = entry["batcher"]
+    assert batcher["batched"]["ok"] == batcher["naive"]["ok"] == 32 * batcher["requests_per_client"]
+    assert batcher["batched"]["max_batch_size"] == 32 and batcher["naive"]["max_batch_size"] == 1
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| DINOv3 ViT-S/16 | v5.5.4-dinov3 |" in md
+    assert not report["failures"]
+
+
+def test_the_time_budget_skips_rather_than_overruns(tmp_path):
+    r = run("--device", "cpu", "--quick", "--out", tmp_path, "--budget-s", 1, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["skipped"] == ["DINOv3 ViT-S/16: everything (time budget)"]
+    assert "Skipped (time budget or error)" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_no_cuda_is_one_clear_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    r = run("--out", tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: no CUDA device is visible (run with --device cpu --quick to test the script)"]
