@@ -147,7 +147,9 @@ class EncoderView:
         if self.family == "dinov3":
             # (cos, sin) of shape (patches, head_dim): no batch axis, so valid for any subset of rows.
             return hidden, {"position_embeddings": self.base.rope_embeddings(pixel_values)}
-        return hidden, {"attention_mask": None}
+        # Nothing more for DINOv2: transformers before ~5.20 has no `attention_mask` parameter on
+        # Dinov2Layer.forward (the GPU host's 5.17 raised TypeError), and None is its default after.
+        return hidden, {}
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, then [CLS, mean of patch tokens] (registers excluded), all in float32.

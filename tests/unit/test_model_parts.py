@@ -212,3 +212,24 @@ def test_synthetic_classes_differ():
     assert rust[..., 0].mean() > healthy[..., 0].mean()      # orange pustules add red
     with pytest.raises(ValueError, match="unknown OOD kind"):
         synthetic.ood_image("cats", 0)
+
+
+def test_dinov2_blocks_get_only_the_hidden_states():
+    """transformers 5.17's Dinov2Layer.forward takes no `attention_mask` (5.24's does): the block
+    loop must pass DINOv2 blocks nothing but the hidden states, or serving fails on such a host
+    (seen on the GPU machine: TypeError in the first forward pass)."""
+    model = random_backbone("dinov2", image_size=56, **SMALL)
+    view = EncoderView(model)
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        ref = model(pixel_values=x).last_hidden_state
+    for layer in view.layers:
+        original = type(layer).forward.__get__(layer)
+
+        def strict(hidden_states, _original=original):  # the 5.17 signature, less its unused flags
+            return _original(hidden_states)
+
+        layer.forward = strict
+    with torch.no_grad():
+        mine = view.forward_features(x)
+    assert torch.allclose(mine, torch.cat([ref[:, 0], ref[:, 1:].mean(1)], -1), atol=1e-5)
