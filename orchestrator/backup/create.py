@@ -127,7 +127,8 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     path = Path(written["path"])
     size = path.stat().st_size
     catalog.write_sidecar(path, catalog.facts_from_descriptor(path, {**descriptor, "image_member":
-                                                                     written["image_member"]}), verified=None)
+                                                                     written["image_member"]}), verified=None,
+                          key=catalog.host_key(ctx.config.state_path))
     ctx.ledger.add_event("backup", f"created {name}", version=version, archive=str(path), size=size)
     image_bytes = written["image_bytes_in"]
     return {

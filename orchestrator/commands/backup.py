@@ -122,10 +122,11 @@ def verify_cmd(ctx: Context, archive: Path, as_json: bool) -> None:
     layers against its config, the config digest against the recorded image id, and the
     manifest label against the archived version folder. The first bad member is named; exit 4.
     """
+    from orchestrator.backup.catalog import host_key
     from orchestrator.backup.verify import verify_archive
 
     with _progress(ctx, "verify") as progress:
-        report = verify_archive(archive, progress=progress)
+        report = verify_archive(archive, progress=progress, host_key=host_key(ctx.config.state_path))
     if as_json:
         ctx.emit_json(report)
         return
@@ -169,17 +170,18 @@ def restore_cmd(ctx: Context, archive: Path, push: bool, force: bool, as_json: b
 def list_cmd(ctx: Context, directory: Path | None, as_json: bool) -> None:
     """Archives in DIRECTORY [default: <state_dir>/backups], newest first.
 
-    VERIFIED is "yes" when the last `backup verify` (or restore) passed and the file has not
-    changed since; "no" for archives never verified here; "failed" / "changed" / "damaged".
+    VERIFIED is "yes" when the last `backup verify` (or restore) on this host passed and the
+    file has not changed since; "no" for archives never verified here (a sidecar this host did
+    not sign counts for nothing); "failed" / "changed" / "damaged".
     """
-    from orchestrator.backup.catalog import list_archives
+    from orchestrator.backup.catalog import host_key, list_archives
     from orchestrator.backup.create import default_dir
 
     directory = directory or default_dir(ctx)
     if directory == default_dir(ctx) and not directory.exists():
         rows: list[dict[str, Any]] = []
     else:
-        rows = list_archives(directory)
+        rows = list_archives(directory, host_key(ctx.config.state_path, create=False))
     if as_json:
         ctx.emit_json(rows)
         return
