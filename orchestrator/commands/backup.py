@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.context import Context
 
@@ -68,6 +69,11 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _plain(value: Any) -> Text:
+    """An archive's own words as plain text: no rich markup, no terminal control characters."""
+    return Text("".join(ch if ch.isprintable() else "?" for ch in str(value))[:200])
 
 
 def _mb(n: int | None) -> str:
@@ -192,9 +198,9 @@ def list_cmd(ctx: Context, directory: Path | None, as_json: bool) -> None:
     for col in ("archive", "version", "image id", "registry digest", "size", "created", "verified"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["archive"], r.get("version") or "-", (r.get("image_id") or "-")[:19],
-                      (r.get("registry_digest") or "-")[:19], _mb(r.get("size")), r.get("created_at") or "-",
-                      r["verified"])
+        cells = (r["archive"], r.get("version") or "-", (r.get("image_id") or "-")[:19],
+                 (r.get("registry_digest") or "-")[:19], _mb(r.get("size")), r.get("created_at") or "-", r["verified"])
+        table.add_row(*(_plain(c) for c in cells))
     ctx.stdout.print(table)
 
 

@@ -337,3 +337,16 @@ def test_the_good_archive_still_passes(tmp_path):
     image, image_id = docker_save(good_labels())
     path = write_hostile(tmp_path, image=image, image_id=image_id)
     assert verify_archive(path, host_key=KEY)["ok"] is True
+
+
+def test_list_prints_an_archive_s_words_as_plain_text(tmp_path, capsys, monkeypatch):
+    """A descriptor's free-text fields reach the terminal: no markup, no escape sequences."""
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("AADS_STATE_DIR", str(tmp_path / "state"))
+    out = tmp_path / "in"
+    out.mkdir()
+    write_hostile(out, descriptor={"created_at": "[bold red]\x1b[2J\x1b]0;pwned\x07", "registry_digest": "[link=x]y"})
+    assert main(["backup", "list", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "[bold" in printed  # shown, not applied
