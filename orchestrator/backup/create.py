@@ -71,6 +71,7 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     if compress not in (None, "zstd"):
         raise UsageError(f"unknown compression {compress!r}: use zstd (or none)")
     known_version(ctx, version)
+    key = catalog.host_key(ctx.config.state_path)   # a broken key file stops us before anything is written
     build = ctx.ledger.latest_build(version)
     if build is None:
         raise UsageError(f"version {version} is not built: nothing to back up (run `orchestrator build {version}`)")
@@ -128,7 +129,7 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     size = path.stat().st_size
     catalog.write_sidecar(path, catalog.facts_from_descriptor(path, {**descriptor, "image_member":
                                                                      written["image_member"]}), verified=None,
-                          key=catalog.host_key(ctx.config.state_path))
+                          key=key)
     ctx.ledger.add_event("backup", f"created {name}", version=version, archive=str(path), size=size)
     image_bytes = written["image_bytes_in"]
     return {

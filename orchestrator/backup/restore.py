@@ -58,6 +58,7 @@ def restore_backup(ctx: Context, archive_path: str | Path, *, push: bool = False
         EngineError / RegistryError: docker load or the push failed.
     """
     path = Path(archive_path)
+    key = catalog.host_key(ctx.config.state_path)   # a broken key file stops us before anything is done
     archive = open_archive(path)
     version, image_id = archive.version, archive.image_id
     folder_sha = _check_records(archive)
@@ -120,7 +121,7 @@ def restore_backup(ctx: Context, archive_path: str | Path, *, push: bool = False
     ctx.ledger.add_event("backup", f"restored {version} from {path.name}", version=version, archive=str(path),
                          origin=result["origin"], image_id=image_id, archive_claims=claimed)
     catalog.write_sidecar(path, catalog.facts_from_descriptor(path, archive.descriptor),
-                          {"at": now(), "ok": True, "problem": None}, catalog.host_key(ctx.config.state_path))
+                          {"at": now(), "ok": True, "problem": None}, key)
     return result
 
 
