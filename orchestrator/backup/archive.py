@@ -206,9 +206,10 @@ def open_archive(path: str | Path) -> OpenArchive:
     path = Path(path)
     members = scan(path)
     for m in members:  # before any member is read: metadata is small, whatever a header claims
-        if m.name not in (fmt.IMAGE, fmt.IMAGE_ZSTD) and m.size > fmt.META_LIMIT:
-            raise ArchiveError(f"{path.name}: member {m.name!r} is {m.size} bytes, too large for metadata "
-                               f"(at most {fmt.META_LIMIT})")
+        limit = fmt.MAX_IMAGE_BYTES if m.name in (fmt.IMAGE, fmt.IMAGE_ZSTD) else fmt.META_LIMIT
+        if m.size > limit:
+            raise ArchiveError(f"{path.name}: member {m.name!r} is {m.size} bytes, too large "
+                               f"(at most {limit})")
     by_name = {m.name: m for m in members}
     if len(by_name) != len(members):
         raise ArchiveError(f"{path.name}: a member name occurs twice")

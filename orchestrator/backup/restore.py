@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator
 
 from orchestrator.backup import catalog, engine_io
 from orchestrator.backup import format as fmt
-from orchestrator.backup.archive import OpenArchive, Progress, image_stream, no_progress, open_archive
+from orchestrator.backup.archive import (OpenArchive, Progress, image_stream, inside, no_progress, open_archive,
+                                         write_new_file)
 from orchestrator.backup.create import SPACE_MARGIN
 from orchestrator.backup.dockersave import ImageTarError, ImageTarGate
 from orchestrator.backup.reader import ArchiveError, MemberReader
@@ -39,7 +40,6 @@ from orchestrator.context import Context
 from orchestrator.engine import docker_client
 from orchestrator.errors import EngineError, NoSpaceError, UsageError
 from orchestrator.ledger import now
-from orchestrator.backup.archive import inside, write_new_file
 from serving.manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256
 
 RESTORE_LOCAL = "restore-local"

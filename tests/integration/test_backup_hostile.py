@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from orchestrator.backup import format as fmt
-from tests.hostile_archives import build_record, drop, image_parts, write_hostile
+from tests.hostile_archives import drop, image_parts, write_hostile
 from tests.integration.conftest_faults import one_line_error
 from tests.integration.test_backup import VERSION, Host, import_small_image, small  # noqa: F401 - fixture
 

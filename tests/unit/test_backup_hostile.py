@@ -350,3 +350,48 @@ def test_list_prints_an_archive_s_words_as_plain_text(tmp_path, capsys, monkeypa
     assert main(["backup", "list", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "\x1b" not in printed and "\x07" not in printed and "[bold" in printed  # shown, not applied
+
+
+class _FakeMember:
+    def __init__(self, size: int):
+        self.member = type("M", (), {"size": size})()
+        self.done = 0
+
+
+def _fed(data: bytes, release_check) -> tuple[bytes, BaseException | None]:
+    """What restore's feed hands the engine for `data`, and the error it stopped with."""
+    import io
+
+    from orchestrator.backup import restore
+
+    holder: dict = {}
+    got = []
+    try:
+        for chunk in restore._feed(io.BytesIO(data), _FakeMember(len(data)), lambda *a: None, holder, 1 << 30,
+                                   release_check):
+            got.append(chunk)
+    except restore._UploadAborted:
+        pass
+    return b"".join(got), holder.get("error")
+
+
+def test_restore_holds_the_end_marker_back_until_the_image_checked_out():
+    """docker load cannot finish without the tar's end-of-archive marker: the feed must not send
+    it (nor anything after it) before every check passed; a refusal then drops the upload."""
+    from orchestrator.backup.dockersave import ImageTarGate
+
+    image, _ = docker_save()
+    gate = ImageTarGate()
+    gate.feed(image)
+    marker = gate.safe
+    assert image[marker:marker + 1024] == b"\0" * 1024
+    data = image + b"\0" * (3 << 20)   # zeros after the marker: it sits inside a full first chunk
+
+    def refuse(gate, problem=None):
+        raise ArchiveError("refused")
+
+    sent, error = _fed(data, refuse)
+    assert str(error) == "refused"
+    assert len(sent) <= marker and data.startswith(sent), "bytes from the end marker on reached the engine"
+    sent, error = _fed(data, lambda gate, problem=None: None)
+    assert error is None and sent == data
