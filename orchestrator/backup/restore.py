@@ -263,7 +263,7 @@ def _feed(stream: Any, reader: MemberReader, progress: Progress, holder: dict[st
     import zstandard
 
     def chunks() -> Iterator[bytes]:
-        gate = ImageTarGate(limit=limit)
+        gate = ImageTarGate(limit=limit, hash_large=False)   # docker load checks layers against diff_ids
         held = bytearray()
         sent = 0
         try:
