@@ -51,8 +51,11 @@ def host_key(state_dir: str | Path, *, create: bool = True) -> bytes | None:
     if not path.exists() and not path.is_symlink():
         if not create:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".host.key.")   # 0600, O_EXCL
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".host.key.")   # 0600, O_EXCL
+        except OSError as e:
+            raise OrchestratorError(f"cannot create the backup host key {path}: {e.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(KEY_BYTES))

@@ -395,3 +395,16 @@ def test_restore_holds_the_end_marker_back_until_the_image_checked_out():
     assert len(sent) <= marker and data.startswith(sent), "bytes from the end marker on reached the engine"
     sent, error = _fed(data, lambda gate, problem=None: None)
     assert error is None and sent == data
+
+
+def test_verify_still_checks_when_the_host_key_cannot_be_made(tmp_path, capsys, monkeypatch):
+    from orchestrator.cli import main
+
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("a file where the state dir should be\n")
+    monkeypatch.setenv("AADS_STATE_DIR", str(not_a_dir))
+    path = write_hostile(tmp_path)
+    assert main(["backup", "verify", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is True and "host key" in captured.err
+    assert not sidecar_path(path).exists()
