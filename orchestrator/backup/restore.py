@@ -143,7 +143,8 @@ def _check_records(archive: OpenArchive) -> str:
 
 
 def _local_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    """The local folder's files that an archive holds (those the manifest hash covers)."""
+    return {name: (folder / name).read_bytes() for name in HASHED_FILES if (folder / name).is_file()}
 
 
 def _compare_folder(local_dir: Path, archived: dict[str, bytes]) -> str:

@@ -203,3 +203,15 @@ def test_an_unchanged_rewrite_restores(small):  # noqa: F811
     _gone(small)
     res = small.json("backup", "restore", str(path))
     assert res["loaded"] and small.has_image(small.images[0])
+
+
+def test_an_extra_file_in_the_version_folder_is_not_archived(small):  # noqa: F811
+    """The reader accepts exactly the files the manifest hash covers, so create writes just those."""
+    (small.versions_dir / VERSION / "NOTES.md").write_text("local notes\n")
+    path = Path(small.create()["archive"])
+    assert small.json("backup", "verify", str(path))["ok"] is True
+    with tarfile.open(path) as tar:
+        assert [n for n in tar.getnames() if n.startswith(fmt.VERSIONS_PREFIX)] == [
+            f"{fmt.VERSIONS_PREFIX}{VERSION}/adapter_spec.json", f"{fmt.VERSIONS_PREFIX}{VERSION}/version.yaml"]
+    _gone(small)
+    assert small.json("backup", "restore", str(path))["folder"] == "unchanged"
