@@ -4,7 +4,7 @@ Each test writes an archive an attacker could hand over (tests/hostile_archives.
 that verify / open / list refuse it with one clear error, write nothing outside their temporary
 directory, stay within memory and time bounds, and never trust a sidecar this host did not write.
 No engine: the restore side (tags, images, ledger records) is in
-tests/integration/test_backup_hostile.py.
+tests/integration/test_backup_hostile_restore.py.
 """
 
 from __future__ import annotations
@@ -82,11 +82,17 @@ def test_hostile_version_names_are_refused_before_any_path_is_made(version, tmp_
 
 
 def test_absolute_version_name_writes_nothing_there(tmp_path, private_tmp):
-    target = tmp_path / "abs-target"
-    path = write_hostile(tmp_path, version=str(target))
-    with pytest.raises(ArchiveError, match="invalid version name"):
-        verify_archive(path, host_key=KEY)
-    assert not target.exists()
+    import shutil
+
+    short = Path(tempfile.mkdtemp(prefix="bk", dir="/tmp"))  # a tar header holds 100 bytes of name
+    target = short / "t"
+    try:
+        path = write_hostile(tmp_path, version=str(target))
+        with pytest.raises(ArchiveError, match="invalid version name"):
+            verify_archive(path, host_key=KEY)
+        assert not target.exists()
+    finally:
+        shutil.rmtree(short)
 
 
 @pytest.mark.parametrize("file_name", ["a b", "-rf", "x\\..\\y", "v" * 90, "ver\tsion.yaml"])
