@@ -25,7 +25,8 @@ ADAPTER_SPEC_FILE = "adapter_spec.json"
 # Files whose bytes define a version; their hash is the image label `aads.manifest-sha256`.
 HASHED_FILES = (MANIFEST_FILE, ADAPTER_SPEC_FILE)
 
-VERSION_RE = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)-([a-z0-9]+(?:-[a-z0-9]+)*)$")
+# \Z, not $: "$" also matches before a trailing newline, and version names become paths and tags.
+VERSION_RE = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)-([a-z0-9]+(?:-[a-z0-9]+)*)\Z")
 
 
 class ManifestError(Exception):

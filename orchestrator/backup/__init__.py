@@ -4,9 +4,14 @@ For air-gapped hosts: `create` writes it (streamed, temp file + rename), `verify
 byte, `restore` loads it into an engine and the ledger ready to switch to, `list` shows what a
 directory holds. The format is described in orchestrator/backup/format.py and docs/backup.md.
 
-Modules: format (tar layout, SHA256SUMS), writer / reader (streaming tar with hashes),
-dockersave (checks a docker save tar against its config), archive (whole archive, engine-free),
-engine_io (the Docker calls), create / verify / restore (the flows), catalog (listing, sidecars).
+Archives are untrusted input: every name, size and record in one is checked before it becomes
+a path, reaches the engine or the ledger (docs/security.md, "Backup archives").
+
+Modules: format (tar layout, SHA256SUMS, limits), writer / reader (streaming tar with hashes),
+dockersave (the strict gate a docker save tar passes: one untagged image matching its config),
+archive (whole archive, engine-free), records (the ledger records a restore may write),
+engine_io (the Docker calls), create / verify / restore (the flows), catalog (listing, signed
+sidecars).
 """
 
 from orchestrator.backup.archive import ArchiveInput, OpenArchive, open_archive, write_archive

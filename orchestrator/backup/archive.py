@@ -7,6 +7,8 @@ when reading, so everything here runs in unit tests on synthetic archives.
 from __future__ import annotations
 
 import json
+import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,11 +20,14 @@ from orchestrator.backup.dockersave import ImageFacts, ImageTarError, inspect_st
 from orchestrator.backup.reader import ArchiveError, ForeignArchiveError, Member, MemberReader, read_member, scan
 from orchestrator.backup.writer import ArchiveWriter
 from orchestrator.errors import UsageError
-from serving.manifest import ManifestError, load_manifest, manifest_sha256
+from serving.manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256, validate_version_name
 
 # (phase, bytes done, bytes total or None): how flows report progress; the CLI draws it.
 Progress = Callable[[str, int, "int | None"], None]
 CHUNK = 1 << 20
+ZSTD_MAX_WINDOW = 1 << 27
+IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
+TAR_BYTES_PLACEHOLDER = 10 ** 15   # as many digits as any real size: the patched value fits in its place
 
 
 def no_progress(phase: str, done: int, total: int | None) -> None:
@@ -49,9 +54,12 @@ def write_archive(final_path: Path, data: ArchiveInput, image_chunks: Iterable[b
     """
     version = data.descriptor["version"]
     image_member = fmt.IMAGE if compress_threads is None else fmt.IMAGE_ZSTD
-    descriptor = {**data.descriptor, "image_member": image_member}
+    # The docker save tar's exact length bounds what a reader decompresses; it is known only once
+    # the image streamed through, so the descriptor is written with room for it and patched.
+    descriptor = {**data.descriptor, "image_member": image_member, "image_tar_bytes": TAR_BYTES_PLACEHOLDER}
+    placeholder = _json_bytes(descriptor)
     with ArchiveWriter(final_path) as w:
-        w.add_bytes(fmt.DESCRIPTOR, _json_bytes(descriptor))
+        w.add_bytes(fmt.DESCRIPTOR, placeholder)
         w.add_bytes(fmt.LEDGER, _json_bytes(data.ledger))
         for name, content in sorted(data.version_files.items()):
             w.add_bytes(f"{fmt.VERSIONS_PREFIX}{version}/{name}", content)
@@ -64,6 +72,8 @@ def write_archive(final_path: Path, data: ArchiveInput, image_chunks: Iterable[b
             progress("write", done, image_size)
 
         w.add_stream(image_member, image_chunks, compress_threads=compress_threads, on_bytes=advance)
+        final = _json_bytes({**descriptor, "image_tar_bytes": done})
+        w.rewrite_bytes(fmt.DESCRIPTOR, final[:-1] + b" " * (len(placeholder) - len(final)) + b"\n")
         path = w.commit()
     return {"path": str(path), "sums": dict(w.sums), "sizes": dict(w.sizes), "image_member": image_member,
             "image_bytes_in": done}
@@ -113,13 +123,32 @@ class OpenArchive:
 
     @contextmanager
     def version_dir(self) -> Iterator[Path]:
-        """The archived version folder, written to a temporary directory."""
+        """The archived version folder, written to a fresh temporary directory.
+
+        Paths come from fixed names (HASHED_FILES) under the version name, which open_archive
+        matched in full; each is still checked to resolve inside the temporary directory.
+        """
         with tempfile.TemporaryDirectory(prefix="aads-backup-version-") as tmp:
-            d = Path(tmp) / self.version
+            d = inside(Path(tmp), self.version)
             d.mkdir()
-            for name, content in self.version_files.items():
-                (d / name).write_bytes(content)
+            for name in HASHED_FILES:
+                write_new_file(inside(d, name), self.version_files[name])
             yield d
+
+
+def inside(root: Path, name: str) -> Path:
+    """`root / name`, refused unless it resolves to a direct child of `root`."""
+    path = root / name
+    if path.resolve().parent != root.resolve() or path.name != name:
+        raise ArchiveError(f"the name {name[:80]!r} from an archive leaves its directory")
+    return path
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create `path` (never an existing file or symlink: O_EXCL) and write `data`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def read_descriptor(path: str | Path) -> tuple[list[Member], dict[str, Any]]:
@@ -135,6 +164,7 @@ def read_descriptor(path: str | Path) -> tuple[list[Member], dict[str, Any]]:
 
 
 def _parse_descriptor(path: Path, raw: bytes) -> dict[str, Any]:
+    """aads-backup.json, with every field later code relies on checked (names become paths and tags)."""
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -147,6 +177,22 @@ def _parse_descriptor(path: Path, raw: bytes) -> dict[str, Any]:
     for key in ("version", "image_id", "image_member"):
         if not isinstance(doc.get(key), str):
             raise ArchiveError(f"{path.name}: {fmt.DESCRIPTOR} has no {key}")
+    try:
+        validate_version_name(doc["version"])
+    except ValueError as e:
+        raise ArchiveError(f"{path.name}: {fmt.DESCRIPTOR}: {e}") from None
+    if not IMAGE_ID_RE.fullmatch(doc["image_id"]):
+        raise ArchiveError(f"{path.name}: {fmt.DESCRIPTOR}: image_id {doc['image_id'][:80]!r} is not sha256:<64 hex>")
+    if doc["image_member"] not in (fmt.IMAGE, fmt.IMAGE_ZSTD):
+        raise ArchiveError(f"{path.name}: {fmt.DESCRIPTOR}: image_member {doc['image_member'][:80]!r} is not "
+                           f"{fmt.IMAGE} or {fmt.IMAGE_ZSTD}")
+    for key in ("image_size", "image_tar_bytes"):
+        value = doc.get(key)
+        if key == "image_tar_bytes" and value is None:
+            continue  # archives written before it was recorded
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= fmt.MAX_IMAGE_BYTES:
+            raise ArchiveError(f"{path.name}: {fmt.DESCRIPTOR}: {key} {str(value)[:40]!r} is not a size between 0 "
+                               f"and {fmt.MAX_IMAGE_BYTES}")
     return doc
 
 
@@ -159,6 +205,11 @@ def open_archive(path: str | Path) -> OpenArchive:
     """
     path = Path(path)
     members = scan(path)
+    for m in members:  # before any member is read: metadata is small, whatever a header claims
+        limit = fmt.MAX_IMAGE_BYTES if m.name in (fmt.IMAGE, fmt.IMAGE_ZSTD) else fmt.META_LIMIT
+        if m.size > limit:
+            raise ArchiveError(f"{path.name}: member {m.name!r} is {m.size} bytes, too large "
+                               f"(at most {limit})")
     by_name = {m.name: m for m in members}
     if len(by_name) != len(members):
         raise ArchiveError(f"{path.name}: a member name occurs twice")
@@ -207,8 +258,13 @@ def open_archive(path: str | Path) -> OpenArchive:
     strays = [n for n in contents if n not in (fmt.DESCRIPTOR, fmt.LEDGER, fmt.ADAPTERS) and not n.startswith(prefix)]
     if strays:
         raise ArchiveError(f"{path.name}: unexpected member {strays[0]}")
-    if not version_files or any("/" in n or n.startswith(".") for n in version_files):
-        raise ArchiveError(f"{path.name}: the version folder {prefix} is missing or malformed")
+    if sorted(version_files) != sorted(HASHED_FILES):
+        raise ArchiveError(f"{path.name}: the version folder {prefix} is missing or malformed (it must hold "
+                           f"exactly {', '.join(HASHED_FILES)}; it holds {sorted(version_files)!r})")
+    image = image_members[0]
+    if image.name == fmt.IMAGE and descriptor.get("image_tar_bytes") not in (None, image.size):
+        raise ArchiveError(f"{path.name}: member {image.name} is {image.size} bytes, {fmt.DESCRIPTOR} records "
+                           f"{descriptor['image_tar_bytes']}")
     for name in (fmt.LEDGER, fmt.ADAPTERS):
         if name not in contents:
             raise ArchiveError(f"{path.name}: member {name} is missing")
@@ -233,8 +289,9 @@ def image_stream(archive: OpenArchive) -> Iterator[tuple[BinaryIO, MemberReader]
         if archive.compressed:
             import zstandard
 
-            z = zstandard.ZstdDecompressor().stream_reader(reader, read_size=CHUNK, read_across_frames=True,
-                                                           closefd=False)
+            # A frame may ask for a window of up to 2 GiB; writers here use far less (level 3).
+            z = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                reader, read_size=CHUNK, read_across_frames=True, closefd=False)
             yield z, reader
         else:
             yield reader, reader
@@ -269,7 +326,8 @@ def check_image(archive: OpenArchive, progress: Progress = no_progress) -> Image
         problem: str | None = None
         facts: ImageFacts | None = None
         try:
-            facts = inspect_stream(_Counting(stream, reader, "verify", progress))
+            facts = inspect_stream(_Counting(stream, reader, "verify", progress),
+                                   limit=fmt.image_tar_limit(archive.descriptor))
         except ImageTarError as e:
             problem = str(e)
         except zstandard.ZstdError as e:

@@ -24,7 +24,7 @@ from orchestrator.engine import docker_client
 from orchestrator.errors import NoSpaceError, UsageError
 from orchestrator.ledger import who
 from orchestrator.resolve import known_version
-from serving.manifest import manifest_sha256
+from serving.manifest import HASHED_FILES, manifest_sha256
 
 # Room asked beyond the image's own size: tar headers, metadata, filesystem slack.
 SPACE_MARGIN = 64 << 20
@@ -71,6 +71,7 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     if compress not in (None, "zstd"):
         raise UsageError(f"unknown compression {compress!r}: use zstd (or none)")
     known_version(ctx, version)
+    key = catalog.host_key(ctx.config.state_path)   # a broken key file stops us before anything is written
     build = ctx.ledger.latest_build(version)
     if build is None:
         raise UsageError(f"version {version} is not built: nothing to back up (run `orchestrator build {version}`)")
@@ -114,8 +115,8 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     data = ArchiveInput(
         descriptor=descriptor,
         ledger={"build": dataclasses.asdict(build), "pushes": [dataclasses.asdict(p) for p in pushes]},
-        version_files={p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()
-                       and not p.name.startswith(".")},
+        # exactly the files the manifest hash covers: a reader accepts no other name
+        version_files={name: (folder / name).read_bytes() for name in HASHED_FILES},
         adapters=engine_io.model_set_hashes(client, image),
     )
     name = fmt.archive_name(version, build.image_id, created, compressed=compress is not None)
@@ -127,7 +128,8 @@ def create_backup(ctx: Context, version: str, *, out_dir: Path | None = None, no
     path = Path(written["path"])
     size = path.stat().st_size
     catalog.write_sidecar(path, catalog.facts_from_descriptor(path, {**descriptor, "image_member":
-                                                                     written["image_member"]}), verified=None)
+                                                                     written["image_member"]}), verified=None,
+                          key=key)
     ctx.ledger.add_event("backup", f"created {name}", version=version, archive=str(path), size=size)
     image_bytes = written["image_bytes_in"]
     return {

@@ -36,6 +36,9 @@ SUMS = "SHA256SUMS"
 VERSIONS_PREFIX = "versions/"
 
 BLOCK = 512
+MAX_MEMBERS = 64                 # an archive has 7; a file with more is not one of ours
+META_LIMIT = 1 << 20             # every member but the image is small metadata
+MAX_IMAGE_BYTES = 1 << 40        # 1 TiB: a bound for sizes an archive declares
 END_MARKER = b"\0" * (2 * BLOCK)
 ENCODING = "utf-8"
 SELF_CHECK_PREFIX = "# sha256 of the lines above: "
@@ -52,6 +55,18 @@ def archive_name(version: str, image_id: str, created: dt.datetime, compressed: 
     """The file name of a new archive: version, image id and creation time, so two never clash."""
     stamp = created.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{ARCHIVE_PREFIX}{version}_{short_id(image_id)}_{stamp}{'_zstd' if compressed else ''}{ARCHIVE_SUFFIX}"
+
+
+def image_tar_limit(descriptor: dict) -> int:
+    """The most bytes the docker save tar of an archive may have, from its descriptor.
+
+    Archives record the tar's exact length (`image_tar_bytes`); older ones only the engine's
+    image size, which a tar exceeds by its headers and padding: twice that plus 256 MiB then.
+    """
+    exact = descriptor.get("image_tar_bytes")
+    if isinstance(exact, int) and not isinstance(exact, bool):
+        return exact
+    return 2 * int(descriptor["image_size"]) + (256 << 20)
 
 
 def short_id(digest: str) -> str:

@@ -104,8 +104,17 @@ def scan(path: str | Path) -> list[Member]:
                     f"{path} is not an AADS-ULoRA backup archive (its first member is {info.name!r}, "
                     f"not {fmt.DESCRIPTOR})")
             if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                raise ArchiveError(f"{path.name}: member {info.name} is not a regular file")
+                raise ArchiveError(f"{path.name}: member {info.name!r} is not a regular file")
+            # A negative size would move the next header back (an endless scan): refuse it, and
+            # bound the member count, so a scan always ends after a few headers.
+            if info.size < 0:
+                raise ArchiveError(f"{path.name}: member {info.name!r} has a negative size in its header "
+                                   f"(byte {offset})")
+            if len(members) >= fmt.MAX_MEMBERS:
+                raise ArchiveError(f"{path.name}: more than {fmt.MAX_MEMBERS} members, not a backup archive")
             member = Member(info.name, info.size, offset, offset + fmt.BLOCK)
+            if member.end <= offset:
+                raise ArchiveError(f"{path.name}: member {info.name!r} does not advance the archive")
             if member.end > file_size:
                 raise ArchiveError(
                     f"{path.name} is truncated inside member {info.name}: it needs bytes up to {member.end}, "
@@ -163,7 +172,7 @@ class MemberReader:
         return self.sha256.hexdigest()
 
 
-def read_member(f: BinaryIO, member: Member, archive_name: str, limit: int = 64 << 20) -> bytes:
+def read_member(f: BinaryIO, member: Member, archive_name: str, limit: int = fmt.META_LIMIT) -> bytes:
     """All bytes of a small member (metadata), refusing one larger than `limit`."""
     if member.size > limit:
         raise ArchiveError(f"{archive_name}: member {member.name} is {member.size} bytes, too large for metadata")

@@ -18,8 +18,10 @@ from orchestrator.backup.reader import ArchiveError
 from orchestrator.ledger import now
 
 
-def verify_archive(path: str | Path, progress: Progress = no_progress) -> dict[str, Any]:
+def verify_archive(path: str | Path, progress: Progress = no_progress, host_key: bytes | None = None) -> dict[str, Any]:
     """Check the archive at `path` completely; returns a report, or raises naming the first problem.
+
+    With `host_key` the outcome is kept in a sidecar signed with it (for `backup list`).
 
     Raises:
         UsageError / ForeignArchiveError: no such file, or not a backup archive.
@@ -31,9 +33,9 @@ def verify_archive(path: str | Path, progress: Progress = no_progress) -> dict[s
         facts = check_image(archive, progress)
         checked = check_consistency(archive, facts)
     except ArchiveError as e:
-        _remember(path, ok=False, problem=str(e))
+        _remember(path, host_key, ok=False, problem=str(e))
         raise
-    _remember(path, ok=True, problem=None, descriptor=archive.descriptor)
+    _remember(path, host_key, ok=True, problem=None, descriptor=archive.descriptor)
     return {
         "archive": str(path),
         "ok": True,
@@ -51,10 +53,11 @@ def verify_archive(path: str | Path, progress: Progress = no_progress) -> dict[s
     }
 
 
-def _remember(path: Path, ok: bool, problem: str | None, descriptor: dict[str, Any] | None = None) -> None:
-    if not path.is_file():
+def _remember(path: Path, key: bytes | None, ok: bool, problem: str | None,
+              descriptor: dict[str, Any] | None = None) -> None:
+    if key is None or not path.is_file():
         return
-    old = catalog.read_sidecar(path) or {}
+    old = catalog.read_sidecar(path, key) or {}
     facts = catalog.facts_from_descriptor(path, descriptor) if descriptor else \
-        {k: v for k, v in old.items() if k not in ("file", "verified")} or {"archive": path.name}
-    catalog.write_sidecar(path, facts, {"at": now(), "ok": ok, "problem": problem})
+        {k: v for k, v in old.items() if k not in ("file", "verified", "hmac")} or {"archive": path.name}
+    catalog.write_sidecar(path, facts, {"at": now(), "ok": ok, "problem": problem}, key)

@@ -65,6 +65,7 @@ class ArchiveWriter:
         self.mtime = time.time() if mtime is None else mtime
         self.sums: dict[str, str] = {}
         self.sizes: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}   # member -> offset of its data
         self._f: BinaryIO | None = None
         self.committed = False
         self._advised = (0, 0)   # (start of the range advised last time, end of it)
@@ -126,6 +127,7 @@ class ArchiveWriter:
                     if on_bytes:
                         on_bytes(len(chunk))
         f.write(b"\0" * fmt.padding(out.size))
+        self.offsets[name] = start + fmt.BLOCK
         end = f.tell()
         f.seek(start)
         f.write(fmt.header(name, out.size, self.mtime))
@@ -134,6 +136,18 @@ class ArchiveWriter:
         self.sums[name] = digest
         self.sizes[name] = out.size
         return digest
+
+    def rewrite_bytes(self, name: str, data: bytes) -> str:
+        """Replace a small member's bytes by as many new ones (a fact known only later); its new sha256."""
+        if len(data) != self.sizes.get(name):
+            raise ValueError(f"member {name} must keep its size ({self.sizes.get(name)} bytes)")
+        f = self.file
+        end = f.tell()
+        f.seek(self.offsets[name])
+        f.write(data)
+        f.seek(end)
+        self.sums[name] = hashlib.sha256(data).hexdigest()
+        return self.sums[name]
 
     def _pace(self) -> None:
         f = self.file

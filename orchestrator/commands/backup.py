@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.context import Context
 
@@ -70,6 +71,11 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _plain(value: Any) -> Text:
+    """An archive's own words as plain text: no rich markup, no terminal control characters."""
+    return Text("".join(ch if ch.isprintable() else "?" for ch in str(value))[:200])
+
+
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:,.1f} MB"
 
@@ -122,10 +128,17 @@ def verify_cmd(ctx: Context, archive: Path, as_json: bool) -> None:
     layers against its config, the config digest against the recorded image id, and the
     manifest label against the archived version folder. The first bad member is named; exit 4.
     """
+    from orchestrator.backup.catalog import host_key
     from orchestrator.backup.verify import verify_archive
+    from orchestrator.errors import OrchestratorError
 
+    try:
+        key = host_key(ctx.config.state_path)
+    except OrchestratorError as e:  # verify needs no state: check anyway, keep no sidecar
+        ctx.note(f"{e}: the outcome is not kept for `backup list`")
+        key = None
     with _progress(ctx, "verify") as progress:
-        report = verify_archive(archive, progress=progress)
+        report = verify_archive(archive, progress=progress, host_key=key)
     if as_json:
         ctx.emit_json(report)
         return
@@ -169,17 +182,18 @@ def restore_cmd(ctx: Context, archive: Path, push: bool, force: bool, as_json: b
 def list_cmd(ctx: Context, directory: Path | None, as_json: bool) -> None:
     """Archives in DIRECTORY [default: <state_dir>/backups], newest first.
 
-    VERIFIED is "yes" when the last `backup verify` (or restore) passed and the file has not
-    changed since; "no" for archives never verified here; "failed" / "changed" / "damaged".
+    VERIFIED is "yes" when the last `backup verify` (or restore) on this host passed and the
+    file has not changed since; "no" for archives never verified here (a sidecar this host did
+    not sign counts for nothing); "failed" / "changed" / "damaged".
     """
-    from orchestrator.backup.catalog import list_archives
+    from orchestrator.backup.catalog import host_key, list_archives
     from orchestrator.backup.create import default_dir
 
     directory = directory or default_dir(ctx)
     if directory == default_dir(ctx) and not directory.exists():
         rows: list[dict[str, Any]] = []
     else:
-        rows = list_archives(directory)
+        rows = list_archives(directory, host_key(ctx.config.state_path, create=False))
     if as_json:
         ctx.emit_json(rows)
         return
@@ -190,9 +204,9 @@ def list_cmd(ctx: Context, directory: Path | None, as_json: bool) -> None:
     for col in ("archive", "version", "image id", "registry digest", "size", "created", "verified"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["archive"], r.get("version") or "-", (r.get("image_id") or "-")[:19],
-                      (r.get("registry_digest") or "-")[:19], _mb(r.get("size")), r.get("created_at") or "-",
-                      r["verified"])
+        cells = (r["archive"], r.get("version") or "-", (r.get("image_id") or "-")[:19],
+                 (r.get("registry_digest") or "-")[:19], _mb(r.get("size")), r.get("created_at") or "-", r["verified"])
+        table.add_row(*(_plain(c) for c in cells))
     ctx.stdout.print(table)
 
 

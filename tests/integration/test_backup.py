@@ -272,8 +272,15 @@ def test_restore_loads_records_and_restores_the_folder(small):
     assert builds[-1].origin == f"restore:{path.name}" and builds[-1].image_id == image_id
     assert builds[-1].golden == [{"image": "leaf.png", "decision": "diagnosis"}]
     assert pushes[-1].origin == "restore-local" and pushes[-1].build_id == builds[-1].id
-    # the registry digest of the original push is kept: the host can tell which pushed image it runs
-    assert pushes[-1].digest == "sha256:" + "5e" * 32
+    # the record names what was loaded and verified (the local tag, the image id), never the
+    # archive's registry reference; the archive's claim is kept in the event, for comparison
+    assert (pushes[-1].repository, pushes[-1].digest) == (small.registry, image_id)
+    ledger = small.ledger()
+    try:
+        event = [e for e in ledger.events() if e["kind"] == "backup"][-1]
+    finally:
+        ledger.close()
+    assert event["data"]["archive_claims"]["registry_digest"] == "sha256:" + "5e" * 32
 
     # resolve (what switch uses) accepts it without any registry: the configured one is unreachable
     from orchestrator.context import Context

@@ -33,6 +33,7 @@ from serving.manifest import manifest_sha256
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "v5.5.4-dinov3"
 VERSION_DIR = REPO / "versions" / VERSION
+KEY = b"unit-test host key, 32 bytes long"
 
 
 # ---- synthetic docker save tars and archives -------------------------------------------------
@@ -181,12 +182,12 @@ def test_inspect_stream_checks_layers_against_config():
     with pytest.raises(ImageTarError, match="does not match its diff_id"):
         inspect_stream(io.BytesIO(bad))
     with pytest.raises(ImageTarError, match="manifest.json"):
-        inspect_stream(io.BytesIO(_tar_bytes({"x": b"y"})))
+        inspect_stream(io.BytesIO(_tar_bytes({"oci-layout": b"y"})))
 
 
 # ---- verify: good archives -------------------------------------------------------------------
 def test_verify_passes_and_reports_everything(archive):
-    report = verify_archive(archive)
+    report = verify_archive(archive, host_key=KEY)
     assert report["ok"] and report["version"] == VERSION and report["layers"] == 2
     assert report["manifest_sha256"] == manifest_sha256(VERSION_DIR)
     assert [m["name"] for m in report["members"]][-1] == fmt.IMAGE
@@ -364,17 +365,17 @@ def test_list_shows_verified_state_cheaply(tmp_path):
     a = make_archive(tmp_path)
     (tmp_path / "notes.tar").write_bytes(_tar_bytes({"x": b"y"}))      # not ours: skipped
     (tmp_path / ".aads-ulora_x.tar.partial-1-abc").write_bytes(b"")     # a create in progress: skipped
-    rows = list_archives(tmp_path)
+    rows = list_archives(tmp_path, KEY)
     assert [r["archive"] for r in rows] == [a.name]
     assert rows[0]["verified"] == "no" and rows[0]["version"] == VERSION and rows[0]["size"] == a.stat().st_size
-    verify_archive(a)
-    assert list_archives(tmp_path)[0]["verified"] == "yes"
+    verify_archive(a, host_key=KEY)
+    assert list_archives(tmp_path, KEY)[0]["verified"] == "yes"
     os.utime(a, ns=(1, 1))
-    assert list_archives(tmp_path)[0]["verified"] == "changed"
+    assert list_archives(tmp_path, KEY)[0]["verified"] == "changed"
     copy_with(a, a, flip=a.stat().st_size // 2)
     with pytest.raises(TamperError):
-        verify_archive(a)
-    row = list_archives(tmp_path)[0]
+        verify_archive(a, host_key=KEY)
+    row = list_archives(tmp_path, KEY)[0]
     assert row["verified"] == "failed" and "fails its checksum" in row["problem"]
 
 
@@ -386,8 +387,10 @@ def test_list_reports_damaged_archives(tmp_path):
 
 
 # ---- the CLI ---------------------------------------------------------------------------------
-def test_cli_verify_json_and_one_line_errors(archive, tmp_path, capsys):
+def test_cli_verify_json_and_one_line_errors(archive, tmp_path, capsys, monkeypatch):
     from orchestrator.cli import main
+
+    monkeypatch.setenv("AADS_STATE_DIR", str(tmp_path / "state"))  # the host key lives there
 
     assert main(["backup", "verify", str(archive), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
