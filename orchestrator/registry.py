@@ -183,6 +183,11 @@ class RegistryClient:
         self._http = httpx.Client(verify=self.trust.context, timeout=timeout, auth=self._auth)
         self._scheme: str | None = None  # https, or http once a loopback/insecure registry proved plain
 
+    @property
+    def scheme(self) -> str | None:
+        """'https' or 'http' once the first request told which (None before)."""
+        return self._scheme
+
     def _send(self, scheme: str, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
         return self._http.request(method, f"{scheme}://{self.host}/v2/{path}", headers=headers)
 

@@ -3,6 +3,7 @@
 Search order for a registry host (the first that has an entry wins):
 
   1. AADS_REGISTRY_USERNAME + AADS_REGISTRY_PASSWORD   CI; only for the configured registry's host
+                                                        (orchestrator.yaml `registry` / $AADS_REGISTRY)
   2. a credentials file                                 `registries.<host>.credentials_file`,
                                                         $AADS_REGISTRY_CREDENTIALS_FILE, or the one
                                                         `scripts/engine.sh` writes (DEFAULT_CREDENTIALS_FILE);
@@ -78,10 +79,12 @@ class CredentialSources:
 
     @classmethod
     def for_host(cls, host: str, env: Mapping[str, str] | None = None) -> "CredentialSources":
-        """The sources without a config file: `host` gets the env pair, default file, Docker config."""
+        """The sources without a config file: the env pair goes to the host of $AADS_REGISTRY when
+        set (CI names its registry there), else to `host`; then the default file, the Docker config."""
         env = os.environ if env is None else env
         files = [Path(env[ENV_CREDENTIALS_FILE]).expanduser()] if env.get(ENV_CREDENTIALS_FILE) else []
-        return cls(primary_host=host, credentials_files=(*files, DEFAULT_CREDENTIALS_FILE), env=env)
+        primary = env["AADS_REGISTRY"].split("/", 1)[0] if env.get("AADS_REGISTRY") else host
+        return cls(primary_host=primary, credentials_files=(*files, DEFAULT_CREDENTIALS_FILE), env=env)
 
     def find(self, host: str) -> Credentials | None:
         """The credentials for registry `host`, or None when no source has any.

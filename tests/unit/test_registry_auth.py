@@ -32,6 +32,15 @@ def test_env_pair_is_for_the_configured_registry_only(tmp_path):
     assert sources.find("elsewhere.example.com") is None  # never sent to another host
 
 
+def test_env_pair_without_config_goes_to_the_aads_registry_host(tmp_path):
+    env = {"AADS_REGISTRY_USERNAME": "ci", "AADS_REGISTRY_PASSWORD": "pw", "DOCKER_CONFIG": str(tmp_path),
+           "AADS_REGISTRY": f"{HOST}/aads-ulora"}
+    assert CredentialSources.for_host(HOST, env).find(HOST).username == "ci"
+    assert CredentialSources.for_host("127.0.0.1:5000", env).find("127.0.0.1:5000") is None
+    del env["AADS_REGISTRY"]
+    assert CredentialSources.for_host("127.0.0.1:5000", env).find("127.0.0.1:5000").username == "ci"
+
+
 def test_credentials_file_must_be_private(tmp_path):
     path = write_file(tmp_path / "creds.json", {"registry": HOST, "username": "u", "password": "p"}, 0o644)
     with pytest.raises(RegistryError, match=r"readable by others \(mode 0644\).*chmod 600"):
