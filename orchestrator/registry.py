@@ -12,6 +12,13 @@ laptop) can check it too. It speaks to registries as they run in production:
 
 Errors say which problem it was and how to fix it: no credentials, refused credentials, an
 untrusted certificate, a server that does not speak TLS.
+
+Why not a registry library: the maintained parts are used where they fit (the docker SDK's
+`docker.auth` resolves the Docker config and credential helpers; httpx's `Auth` hook carries the
+challenge flow). The Python registry clients (python-dxf, oras) take one CA file or a bool for
+TLS and credentials through a callback, so certs.d, the loopback rule and the error lines would
+still be ours; the three calls the orchestrator needs (ping, HEAD a manifest, list tags) are not
+worth a dependency on top of that.
 """
 
 from __future__ import annotations
