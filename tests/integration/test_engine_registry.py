@@ -8,6 +8,7 @@ is never touched. The registry the script started is stopped by the pid it recor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -87,7 +88,6 @@ def test_deletes_are_refused(local_registry):
     auth = (creds["username"], creds["password"])
     base = f"http://{local_registry['addr']}/v2/aads-engine-test"
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}'
-    import hashlib
     digest = "sha256:" + hashlib.sha256(config).hexdigest()
     up = requests.post(f"{base}/blobs/uploads/", auth=auth, timeout=10)
     assert up.status_code == 202, up.text

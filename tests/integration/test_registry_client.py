@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import threading
@@ -123,7 +124,7 @@ def test_credential_helper_is_asked(basic_registry, clean_env, trust, monkeypatc
                       f"[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {asked}\n"
                       f"printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n")
     helper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     (clean_env / "config.json").write_text(json.dumps({"credHelpers": {basic_registry.host: "aadstest"}}))
     assert RegistryClient(f"{basic_registry.host}/{NAME}").tag_digest("v1") == basic_registry.digest
     assert asked.read_text().split() == [basic_registry.host]
