@@ -68,6 +68,17 @@ class KubernetesTarget(_Strict):
 Target = ComposeTarget | KubernetesTarget
 
 
+class RegistrySettings(_Strict):
+    """How to reach one registry host (`registries: {HOST[:PORT]: ...}`); see docs/operations.md."""
+
+    # Plain HTTP allowed (a loopback registry may always fall back to it).
+    insecure: bool = False
+    # An extra CA bundle for this registry (besides the system store, REQUESTS_CA_BUNDLE and certs.d).
+    ca_file: str | None = None
+    # A 0600 JSON file {"registry", "username", "password"} (what scripts/engine.sh writes).
+    credentials_file: str | None = None
+
+
 class Config(_Strict):
     registry: str = "127.0.0.1:5000/aads-ulora"
     state_dir: str = ".orchestrator"
@@ -75,6 +86,7 @@ class Config(_Strict):
     models_dir: str = "build/models"
     default_target: str = "local"
     targets: dict[str, Any] = Field(default_factory=lambda: {"local": {"kind": "compose"}})
+    registries: dict[str, RegistrySettings] = Field(default_factory=dict)
 
     # Filled by load(): where relative paths are resolved from.
     root: Path = Path(".")
@@ -98,6 +110,10 @@ class Config(_Strict):
     @property
     def registry_host(self) -> str:
         return self.registry.split("/", 1)[0]
+
+    def registry_settings(self, host: str) -> RegistrySettings:
+        """The settings of registry `host` (defaults when orchestrator.yaml names none)."""
+        return self.registries.get(host) or RegistrySettings()
 
     def target(self, name: str | None = None) -> tuple[str, Target]:
         name = name or self.default_target

@@ -18,7 +18,7 @@ from orchestrator.context import Context
 from orchestrator.engine import docker_client
 from orchestrator.errors import EngineError, RegistryError, UsageError
 from orchestrator.ledger import Build, Push
-from orchestrator.registry import RegistryClient
+from orchestrator.registry import RegistryClient, engine_auth_config
 from orchestrator.resolve import known_version
 
 
@@ -32,7 +32,8 @@ def staging_tag(version: str) -> str:
     return f"staging-{version}"
 
 
-def push_stream(client, repository: str, tag: str, console: Console, label: str) -> str:
+def push_stream(client, repository: str, tag: str, console: Console, label: str,
+                auth_config: dict[str, str] | None = None) -> str:
     """`docker push repository:tag` with a byte progress bar; returns the registry digest."""
     layers: dict[str, tuple[int, int]] = {}
     digest = None
@@ -40,7 +41,8 @@ def push_stream(client, repository: str, tag: str, console: Console, label: str)
                   TextColumn("{task.description}"), console=console) as bar:
         task = bar.add_task("", total=None)
         try:
-            for event in client.api.push(repository, tag=tag, stream=True, decode=True):
+            for event in client.api.push(repository, tag=tag, stream=True, decode=True,
+                                         auth_config=auth_config):
                 if "error" in event:
                     detail = (event.get("errorDetail") or {}).get("message") or event["error"]
                     raise RegistryError(f"push of {repository}:{tag} failed: {detail.strip()}")
@@ -74,7 +76,8 @@ def push(ctx: Context, version: str, *, variant: str | None = None) -> tuple[Pus
         what = f"{variant} build" if variant else "build"
         raise UsageError(f"version {version} has no {what}: run `orchestrator build {version}` first")
     repository = ctx.config.registry
-    registry = RegistryClient(repository)
+    registry = RegistryClient(repository, config=ctx.config)
+    auth = engine_auth_config(ctx.config, repository)
     registry.ping()
     client = docker_client(timeout=3600)
     try:
@@ -92,7 +95,7 @@ def push(ctx: Context, version: str, *, variant: str | None = None) -> tuple[Pus
     # 1. up under the staging tag: the registry says which digest this image gets
     stage = staging_tag(version)
     _tag(image, repository, stage)
-    digest = push_stream(client, repository, stage, ctx.stderr, f"{version} (staging)")
+    digest = push_stream(client, repository, stage, ctx.stderr, f"{version} (staging)", auth)
 
     # 2. the real tag only when absent or already the same image
     existing = registry.tag_digest(version)
@@ -103,7 +106,7 @@ def push(ctx: Context, version: str, *, variant: str | None = None) -> tuple[Pus
         )
     if existing is None:
         _tag(image, repository, version)
-        final = push_stream(client, repository, version, ctx.stderr, version)
+        final = push_stream(client, repository, version, ctx.stderr, version, auth)
         if final != digest:
             raise RegistryError(f"{repository}:{version} was pushed as {final}, the staging push as {digest}")
     now = registry.tag_digest(version)

@@ -47,7 +47,7 @@ def resolve(ctx: Context, version: str, *, check_registry: bool = True) -> Deplo
         raise UsageError(f"version {version} is built but not pushed: run `orchestrator push {version}`")
     build = ctx.ledger.build(push.build_id)
     if check_registry and push.origin != "restore-local":
-        current = RegistryClient(push.repository).tag_digest(push.tag)
+        current = RegistryClient(push.repository, config=ctx.config).tag_digest(push.tag)
         if current is None:
             raise TamperError(
                 f"registry tag {push.repository}:{push.tag} is gone (recorded {push.digest}): refusing to deploy"

@@ -25,6 +25,7 @@ from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
 from orchestrator.errors import OrchestratorError, TamperError
 from orchestrator.probe import ProbeError, get_json, wait_ready
+from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, resolve
 from serving.manifest import load_manifest, manifest_sha256
 
@@ -91,7 +92,8 @@ def _run(ctx: Context, version: str, report: Report, start: bool, ready_timeout_
         where = "on the engine"
     except ImageNotFound:
         try:
-            image = client.images.pull(d.push.repository, tag=d.digest)
+            image = client.images.pull(d.push.repository, tag=d.digest,
+                                       auth_config=engine_auth_config(ctx.config, d.push.repository))
             where = "pulled from the registry"
         except DockerException as e:
             report.add("image", False, f"{d.image_ref} cannot be pulled ({str(e).splitlines()[0][:160]})")

@@ -8,9 +8,14 @@
 #   bash scripts/engine.sh --kubectl  only kubectl (no root needed; the fast tests render k8s/ with it)
 #
 # Settings (env): AADS_REGISTRY_ADDR (127.0.0.1:5000), AADS_BASE_IMAGE (aads-base:bookworm),
-# AADS_ENGINE_DIR (/var/lib/aads-engine: registry config, storage and logs),
-# AADS_DEBIAN_MIRROR (http://deb.debian.org/debian), AADS_KUBECTL_DIR (where kubectl goes when
-# none new enough is on PATH: /usr/local/bin as root, ~/.local/bin otherwise).
+# AADS_ENGINE_DIR (/var/lib/aads-engine: registry config, storage, credentials and logs),
+# AADS_REGISTRY_USER (aads), AADS_DEBIAN_MIRROR (http://deb.debian.org/debian), AADS_KUBECTL_DIR
+# (where kubectl goes when none new enough is on PATH: /usr/local/bin as root, ~/.local/bin otherwise).
+# The registry asks for basic auth (htpasswd) and refuses deletes. Its credentials are made once
+# and kept in $AADS_ENGINE_DIR/registry/credentials.json (mode 0600, owned by the user who ran
+# `sudo make engine`), which the orchestrator reads; that user is also logged in (`docker login`)
+# so the docker CLI and SDK push and pull as before. A registry already answering on the
+# address is left as it is.
 # Needs only Debian's own tools: no image can be pulled on this project's machines, so the base
 # image is bootstrapped from the Debian mirror (see images/base/README.md).
 set -euo pipefail
@@ -18,6 +23,8 @@ set -euo pipefail
 REGISTRY_ADDR=${AADS_REGISTRY_ADDR:-127.0.0.1:5000}
 BASE_IMAGE=${AADS_BASE_IMAGE:-aads-base:bookworm}
 ENGINE_DIR=${AADS_ENGINE_DIR:-/var/lib/aads-engine}
+REGISTRY_USER=${AADS_REGISTRY_USER:-aads}
+CREDENTIALS=$ENGINE_DIR/registry/credentials.json
 MIRROR=${AADS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 COMPOSE_VERSION=2.26.1
 KUBECTL_VERSION=1.32.3
@@ -67,6 +74,7 @@ packages() {
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     command -v docker-registry >/dev/null || missing+=(docker-registry)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
     ((${#missing[@]})) || return 0
     need_root "packages ${missing[*]}" || return 0
     say "installing ${missing[*]} (apt-get)"
@@ -94,7 +102,7 @@ engine() {
 # 3. the registry ------------------------------------------------------------------------------
 registry_config() {
     cat <<EOF
-# Written by scripts/engine.sh: a plain local registry for AADS-ULoRA images.
+# Written by scripts/engine.sh: the local registry for AADS-ULoRA images (basic auth, no deletes).
 version: 0.1
 log:
   level: warn
@@ -102,20 +110,65 @@ storage:
   filesystem:
     rootdirectory: $ENGINE_DIR/registry/data
   delete:
-    enabled: true
+    enabled: false
+auth:
+  htpasswd:
+    realm: aads-local-registry
+    path: $ENGINE_DIR/registry/htpasswd
 http:
   addr: $REGISTRY_ADDR
 EOF
+}
+
+# The user the credentials are for: the one behind sudo, else the caller.
+owner() { printf '%s' "${SUDO_USER:-$(id -un)}"; }
+
+credentials_field() {  # field -> its value in the credentials file
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$CREDENTIALS" "$1"
+}
+
+# Made once: a random password in a 0600 JSON file (the orchestrator reads it), its bcrypt in htpasswd.
+registry_credentials() {
+    if [[ ! -s $CREDENTIALS ]]; then
+        say "making registry credentials for user $REGISTRY_USER ($CREDENTIALS, mode 0600)"
+        (umask 077 && python3 -c '
+import json, secrets, sys
+with open(sys.argv[1], "w") as f:
+    json.dump({"registry": sys.argv[2], "username": sys.argv[3], "password": secrets.token_urlsafe(24)}, f)
+' "$CREDENTIALS" "$REGISTRY_ADDR" "$REGISTRY_USER")
+    fi
+    chmod 600 "$CREDENTIALS"
+    chown "$(owner)" "$CREDENTIALS" 2>/dev/null || true
+    (umask 077 && credentials_field password \
+        | htpasswd -iBn "$(credentials_field username)" >"$ENGINE_DIR/registry/htpasswd")
+}
+
+# `docker login` for that user too, so the docker CLI and SDK push and pull as before.
+registry_login() {
+    local who
+    who=$(owner)
+    if credentials_field password | runuser -u "$who" -- docker login "$REGISTRY_ADDR" \
+        --username "$(credentials_field username)" --password-stdin >/dev/null 2>&1; then
+        say "logged $who in to $REGISTRY_ADDR (docker login)"
+    else
+        say "warning: \`docker login $REGISTRY_ADDR\` as $who failed: log in with the credentials in $CREDENTIALS"
+    fi
 }
 
 registry() {
     if http_ok "http://$REGISTRY_ADDR/v2/"; then return 0; fi
     need_root "a registry on $REGISTRY_ADDR" || return 0
     mkdir -p "$ENGINE_DIR/registry/data"
+    registry_credentials
     registry_config >"$ENGINE_DIR/registry/config.yml"
-    say "starting docker-registry on $REGISTRY_ADDR (storage: $ENGINE_DIR/registry/data)"
+    say "starting docker-registry on $REGISTRY_ADDR (storage: $ENGINE_DIR/registry/data, basic auth)"
     setsid docker-registry serve "$ENGINE_DIR/registry/config.yml" >"$ENGINE_DIR/registry.log" 2>&1 </dev/null &
+    echo $! >"$ENGINE_DIR/registry.pid"
     wait_for 30 "the registry on $REGISTRY_ADDR (see $ENGINE_DIR/registry.log)" http_ok "http://$REGISTRY_ADDR/v2/"
+    registry_login
+    if [[ $CREDENTIALS != /var/lib/aads-engine/registry/credentials.json ]]; then
+        say "for the orchestrator: export AADS_REGISTRY_CREDENTIALS_FILE=$CREDENTIALS"
+    fi
 }
 
 # 4. the local base image ----------------------------------------------------------------------

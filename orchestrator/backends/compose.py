@@ -38,6 +38,7 @@ from orchestrator.errors import (EngineError, LockBusyError, OrchestratorError, 
 from orchestrator.haproxy import EdgeError, EdgeRuntime
 from orchestrator.ledger import Live, Switch
 from orchestrator.lock import target_lock
+from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, known_version, resolve
 from orchestrator.switchflow import Steps, history, result
 from serving.manifest import validate_version_name
@@ -251,7 +252,7 @@ class ComposeBackend:
             raise EngineError(f"the Docker engine went away ({_reason(e)})") from None
         self.ctx.note(f"  pulling {short(cand.image_ref)}")
         try:
-            self.client.images.pull(cand.image_ref)
+            self.client.images.pull(cand.image_ref, auth_config=engine_auth_config(self.ctx.config, cand.image_ref))
         except APIError as e:
             raise RegistryError(f"cannot pull {cand.image_ref}: {e.explanation or e}") from None
         except DockerException as e:

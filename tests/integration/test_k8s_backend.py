@@ -432,17 +432,19 @@ def test_tamper_refusal_with_the_real_registry(env):
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
                          "config": {}}).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    up = requests.post(f"{base}/blobs/uploads/", timeout=10)
+    from tests.registries.local import local_registry_auth
+    auth = local_registry_auth()  # engine.sh's registry asks for basic auth
+    up = requests.post(f"{base}/blobs/uploads/", auth=auth, timeout=10)
     assert up.status_code == 202, up.text
     location = up.headers["Location"]
     sep = "&" if "?" in location else "?"
-    put = requests.put(f"{location}{sep}digest={config_digest}", data=config, timeout=10,
+    put = requests.put(f"{location}{sep}digest={config_digest}", data=config, auth=auth, timeout=10,
                        headers={"Content-Type": "application/octet-stream"})
     assert put.status_code == 201, put.text
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                                       "size": len(config), "digest": config_digest}, "layers": []}).encode()
-    put = requests.put(f"{base}/manifests/{NEW}", data=manifest, timeout=10,
+    put = requests.put(f"{base}/manifests/{NEW}", data=manifest, auth=auth, timeout=10,
                        headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
     assert put.status_code == 201, put.text
     real_digest = put.headers["Docker-Content-Digest"]
@@ -460,7 +462,7 @@ def test_tamper_refusal_with_the_real_registry(env):
         assert env.backend().switch(NEW)["digest"] == real_digest
         assert env.live_image() == f"{CLUSTER_REPO}@{real_digest}"  # pulled by the name the nodes know
     finally:
-        requests.delete(f"{base}/manifests/{real_digest}", timeout=10)  # refused where deletes are disabled
+        requests.delete(f"{base}/manifests/{real_digest}", auth=auth, timeout=10)  # refused where deletes are disabled
 
 
 def orchestrator(env: Env, *args: str) -> subprocess.CompletedProcess:
