@@ -123,3 +123,34 @@ def test_status_shows_restarts_and_oom_kills_per_slot(tmp_path, monkeypatch):
     slots = {s["slot"]: s for s in b.status()["slots"]}
     assert (slots["blue"]["restarts"], slots["blue"]["oom_killed"]) == (3, True)
     assert slots["green"]["restarts"] is None
+
+
+def rendered(overlay: str) -> list[dict]:
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (the set-up installs it; it renders k8s/ offline)")
+    out = subprocess.run([kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay)], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_k8s_pods_need_the_key_secret_and_a_network_policy_fences_them(overlay):
+    docs = rendered(overlay)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "serving")
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert env["AADS_API_KEYS_FILE"].startswith(mount["mountPath"] + "/")
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == "aads-api-keys" and not volume["secret"].get("optional")
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not policy["spec"].get("egress")
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [8000]
