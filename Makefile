@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install engine models images demo test test-unit test-integration \
-        bench-serving bench-backbones bench-images bench-switch bench-backup clean help
+        bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -62,6 +62,9 @@ bench-switch: images  ## switch + rollback under load through the edge (own stac
 
 bench-backup: install engine  ## backup create/restore vs docker save/load, peak RSS, zstd (own multi-GB test image)
 	$(PY) benchmarks/bench_backup.py
+
+bench-upload-memory: install models  ## peak RSS of a slot under 32 clients sending the largest allowed images
+	$(PY) benchmarks/bench_upload_memory.py
 
 clean:  ## remove build outputs (not the ledger)
 	rm -rf build
