@@ -261,10 +261,12 @@ class ForwardedClient:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.proxies:
+            # The header first: requests without one (probes, smoke tests on a slot port) never
+            # cost a name lookup.
+            values = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
             peer = scope.get("client")
-            if peer and self.proxies.trusts(peer[0]):
-                values = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
-                client = forwarded_client(values[-1]) if values else None
+            if values and peer and self.proxies.trusts(peer[0]):
+                client = forwarded_client(values[-1])
                 if client is not None:
                     scope["client"] = (client, 0)
         await self.app(scope, receive, send)

@@ -90,3 +90,22 @@ def test_a_missing_key_is_not_counted_as_a_guess():
     edge = TestClient(tiny_app("127.0.0.1", api_keys=KEYS, auth_failure_limit=RateLimit(2, 60.0)))
     assert [edge.get("/v1/whoami").status_code for _ in range(4)] == [401] * 4
     assert edge.get("/v1/whoami", headers={"X-API-Key": "ops-secret-123"}).status_code == 200
+
+
+def test_requests_without_forwarded_for_never_cost_a_name_lookup():
+    calls = []
+    app = FastAPI()
+
+    @app.get("/ready")
+    async def ready(request: Request):
+        return {"client": request.client.host}
+
+    from serving.security import ForwardedClient
+
+    proxies = TrustedProxies(("edge",), resolve=lambda host: calls.append(host) or {"172.20.0.5"})
+    client = TestClient(ForwardedClient(app, proxies))
+    for _ in range(5):
+        assert client.get("/ready").status_code == 200
+    assert calls == []
+    assert client.get("/ready", headers={"X-Forwarded-For": "203.0.113.9"}).json()["client"] == "testclient"
+    assert calls == ["edge"]
