@@ -103,9 +103,16 @@ def test_requests_without_forwarded_for_never_cost_a_name_lookup():
     from serving.security import ForwardedClient
 
     proxies = TrustedProxies(("edge",), resolve=lambda host: calls.append(host) or {"172.20.0.5"})
-    client = TestClient(ForwardedClient(app, proxies))
+    inner = ForwardedClient(app, proxies)
+
+    async def from_a_host_process(scope, receive, send):
+        if scope["type"] == "http":
+            scope["client"] = ("172.20.0.1", 40000)  # the bridge gateway: a slot port's caller
+        await inner(scope, receive, send)
+
+    client = TestClient(from_a_host_process)
     for _ in range(5):
         assert client.get("/ready").status_code == 200
     assert calls == []
-    assert client.get("/ready", headers={"X-Forwarded-For": "203.0.113.9"}).json()["client"] == "testclient"
+    assert client.get("/ready", headers={"X-Forwarded-For": "203.0.113.9"}).json()["client"] == "172.20.0.1"
     assert calls == ["edge"]
