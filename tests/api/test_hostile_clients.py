@@ -186,9 +186,11 @@ def test_past_max_connections_the_service_answers_503_at_once(real_service):
         for s in held:
             _, answer = _closed_within(s, 3)
             answers.append(answer[:12])
-        # Over the limit: answered 503 at once, not queued; within it: still waiting for the body.
-        assert answers.count(b"HTTP/1.1 503") >= 2, answers
-        assert answers.count(b"") >= 1, answers
+        # Six held connections, a limit of 4: whatever order the server reads them in, at least
+        # three requests find 4 connections open and are answered 503 at once, not queued; the
+        # others (if any) still wait for their body.
+        assert answers.count(b"HTTP/1.1 503") >= 3, answers
+        assert set(answers) <= {b"HTTP/1.1 503", b""}, answers
     finally:
         for s in held:
             s.close()
