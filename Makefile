@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install engine kubectl models images demo test test-unit test-integration \
-        bench-serving bench-backbones bench-images bench-switch bench-backup gpu-check clean help
+        bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -68,6 +68,9 @@ bench-backup: install engine  ## backup create/restore vs docker save/load, peak
 
 gpu-check:  ## on a GPU machine (python3 + torch/transformers/peft only): build, serve, bf16 vs fp32, img/s, memory
 	python3 scripts/gpu_check.py --out build/gpu-check
+
+bench-upload-memory: install models  ## peak RSS of a slot under 32 clients sending the largest allowed images
+	$(PY) benchmarks/bench_upload_memory.py
 
 clean:  ## remove build outputs (not the ledger)
 	rm -rf build

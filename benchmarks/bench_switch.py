@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec  # noqa: E402
+from orchestrator import api_keys  # noqa: E402
 
 OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
 SECTION = "## Compose switch"
@@ -87,6 +88,7 @@ class BenchStack:
         self.project = f"aadsbench-{secrets.token_hex(3)}"
         self.edge_port = free_port()
         state = work / "state"
+        self.keys_file = state / "compose" / self.target / "api-keys"  # made by the first `up` (keys on, as shipped)
         state.mkdir(parents=True)
         src, dst = sqlite3.connect(src_ledger), sqlite3.connect(state / "ledger.sqlite3")
         src.backup(dst)
@@ -134,8 +136,9 @@ class BenchStack:
 def run_one(stack: BenchStack, label: str, argv: list[str], old: str, new: str, *, rate: float,
             clients: int, path: str) -> dict[str, Any]:
     say(f"{label}: orchestrator {' '.join(argv)} under {rate:g} req/s per client kind")
+    key = api_keys.own_key(api_keys.read_keys(stack.keys_file))
     spec = LoadSpec(url=f"http://127.0.0.1:{stack.edge_port}{path}", rate=rate, duration_s=900, clients=clients,
-                    timeout_s=10, track_key="version")
+                    timeout_s=10, track_key="version", headers=(("X-API-Key", key),))
     with LoadGenerator(spec) as load:
         time.sleep(2)  # steady load before the command starts
         t_cmd = time.monotonic() - load.t0

@@ -62,6 +62,7 @@ class LoadSpec:
     content_type: str = "application/json"
     timeout_s: float = 5.0           # per request
     track_key: str | None = None     # JSON key of the answer to count per second (e.g. "version")
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (e.g. an API key)
 
     def check(self) -> None:
         parts = urlsplit(self.url)
@@ -219,7 +220,7 @@ class _Client(threading.Thread):
         spec = self.gen.spec
         started = time.monotonic()
         t = started - self.gen.t0
-        headers = {"Connection": "close" if self.kind == "fresh" else "keep-alive"}
+        headers = {**dict(spec.headers), "Connection": "close" if self.kind == "fresh" else "keep-alive"}
         if spec.body is not None:
             headers["Content-Type"] = spec.content_type
         conn = self._connection()

@@ -35,7 +35,10 @@ from orchestrator.resolve import known_version
 from serving.manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 
 VARIANTS = ("cuda", "cpu")
-DEFAULT_BASE = {"cuda": "python:3.11-slim-bookworm", "cpu": "aads-base:bookworm"}
+# The public base by digest (a moved tag must not change an image); the local one is made and
+# checked by scripts/engine.sh.
+PYTHON_BASE = "python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b"
+DEFAULT_BASE = {"cuda": PYTHON_BASE, "cpu": "aads-base:bookworm"}
 LOCAL_BASE = "aads-base:bookworm"
 CUDA_TORCH = "torch==2.13.0"
 CPU_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
@@ -228,7 +231,7 @@ def assemble_context(p: BuildPlan, project_root: Path, out_root: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{p.version}-{p.variant}.", dir=out_root))
     try:
         images = project_root / "images" / "serving"
-        for name in ("Dockerfile", "requirements.txt"):
+        for name in ("Dockerfile", "requirements.txt", "torch-requirements.txt"):
             shutil.copyfile(images / name, work / name)
         if (images / ".dockerignore").is_file():
             shutil.copyfile(images / ".dockerignore", work / ".dockerignore")
@@ -243,7 +246,8 @@ def assemble_context(p: BuildPlan, project_root: Path, out_root: Path) -> Path:
         for name in HASHED_FILES:
             shutil.copyfile(p.version_dir / name, work / "version" / name)
         _copy_tree(p.models_dir, work / "models")
-        for f in [work / "Dockerfile", work / "requirements.txt", work / "build-ca.crt", *(work / "version").iterdir(),
+        for f in [work / "Dockerfile", work / "requirements.txt", work / "torch-requirements.txt", work / "build-ca.crt",
+                  *(work / "version").iterdir(),
                   work / "wheels" / "README"]:
             os.chmod(f, 0o644)
         if final.exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import ConfigError
 
@@ -42,6 +42,14 @@ class ComposeTarget(_Strict):
     # The watch window fails (and flips back) above this share of 5xx/failed requests through the edge.
     watch_max_error_rate: float = Field(0.0, ge=0, le=1)
     gpu: Literal["auto", "on", "off"] = "auto"
+    # API keys on the slots (a 0600 key file made at the first `up`); "off" only for demos.
+    api_keys: Literal["on", "off"] = "on"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML reads a bare on/off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class KubernetesTarget(_Strict):

@@ -32,11 +32,12 @@ def golden_images() -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in files]
 
 
-def collect(base_url: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The decisions of the service at `base_url` on the golden set, one dict per image."""
+def collect(base_url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The decisions of the service at `base_url` on the golden set, one dict per image (`headers`: an API key)."""
     out = []
     for name, data in golden_images():
-        body = post_json(f"{base_url}/v1/diagnose", {"image": base64.b64encode(data).decode()}, timeout=timeout)
+        body = post_json(f"{base_url}/v1/diagnose", {"image": base64.b64encode(data).decode()}, timeout=timeout,
+                         headers=headers)
         result = body.get("result", body) if isinstance(body, dict) else {}
         # The image's hash travels with its answer: a golden set changed after a build is then
         # told apart from a model that answers differently.

@@ -28,9 +28,9 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         raise ProbeError(f"GET {url} did not answer JSON") from None
 
 
-def post_json(url: str, body: Any, timeout: float = 60.0) -> Any:
+def post_json(url: str, body: Any, timeout: float = 60.0, headers: dict[str, str] | None = None) -> Any:
     try:
-        r = requests.post(url, json=body, timeout=timeout)
+        r = requests.post(url, json=body, timeout=timeout, headers=headers)
     except requests.RequestException as e:
         raise ProbeError(f"POST {url} failed ({type(e).__name__})") from None
     if not r.ok:

@@ -15,19 +15,27 @@ PY=${PY:-.venv/bin/python}
 FROM_VERSION=v5.5.3-performance
 TO_VERSION=v5.5.4-dinov3
 export COLUMNS=${COLUMNS:-150}  # rich tables: wide enough for digests and phases when piped
+# The demo turns API keys off, so a plain `curl 127.0.0.1:8080/v1/version` answers; a target keeps
+# them on unless told (docs/security.md). AADS_TARGET_LOCAL_API_KEYS=on runs the demo with keys.
+export AADS_TARGET_LOCAL_API_KEYS=${AADS_TARGET_LOCAL_API_KEYS:-off}
 
 heading() { printf '\n\033[1;36m=== %s ===\033[0m\n' "$*"; }
 started=$(date +%s)
 
 # One diagnosis through the public edge: a fixed golden image (a leaf photo stand-in), answer summarized.
 diagnose() {
-    "$PY" - "$1" <<'EOF'
+    "$PY" - "$1" "$KEYS" <<'EOF'
 import base64, json, sys
 import requests
 from orchestrator.golden import golden_images
 edge = sys.argv[1]
 name, png = next((n, b) for n, b in golden_images() if n.startswith("tomato-"))
-r = requests.post(f"{edge}/v1/diagnose", json={"image": base64.b64encode(png).decode()}, timeout=120)
+keys = __import__("pathlib").Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None
+headers = {}
+if keys is not None and keys.is_file():  # keys on: the orchestrator's own key
+    from orchestrator import api_keys
+    headers = {"X-API-Key": api_keys.own_key(api_keys.read_keys(keys))}
+r = requests.post(f"{edge}/v1/diagnose", json={"image": base64.b64encode(png).decode()}, timeout=120, headers=headers)
 if not r.ok:
     sys.exit(f"demo: POST {edge}/v1/diagnose answered {r.status_code}: {r.text[:300]}")
 d = r.json()
@@ -42,8 +50,11 @@ EOF
 }
 
 heading "1. Deploy $FROM_VERSION (orchestrator up)"
+echo "API keys: $AADS_TARGET_LOCAL_API_KEYS for this demo (orchestrator up without AADS_TARGET_LOCAL_API_KEYS=off keeps them on)"
 "$ORCH" up "$FROM_VERSION"
 EDGE=$("$ORCH" status --json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["edge"])')
+KEYS=$("$PY" -c 'from orchestrator import config; print(config.load().state_path / "compose" / "local" / "api-keys")')
+[ "$AADS_TARGET_LOCAL_API_KEYS" = off ] && KEYS=""
 
 heading "2. A diagnosis through the edge ($EDGE)"
 diagnose "$EDGE"

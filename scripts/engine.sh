@@ -180,9 +180,19 @@ base_image() {
     # shellcheck disable=SC2064 # expand now: the trap must remove this very directory
     trap "rm -rf '$root'" EXIT
     say "bootstrapping Debian bookworm into $root (about a minute)"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    # The mirror is plain http: the Release file's signature (Debian's archive keyring) vouches for
+    # every package's hash; debootstrap refuses what does not verify.
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [ -s "$keyring" ] || die "$keyring is missing: apt-get install debian-archive-keyring"
+    debootstrap --keyring="$keyring" --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$root" "$MIRROR" >"$ENGINE_DIR/debootstrap.log" 2>&1 \
         || die "debootstrap failed (see $ENGINE_DIR/debootstrap.log)"
+    grep -q "Valid Release signature" "$ENGINE_DIR/debootstrap.log" \
+        || die "debootstrap did not verify the Release signature (see $ENGINE_DIR/debootstrap.log)"
+    # Checked after bootstrap: every installed file still matches its package's recorded md5sum.
+    local changed
+    changed=$(chroot "$root" dpkg --verify 2>&1 | grep -v ' c /' || true)
+    [ -z "$changed" ] || die "the bootstrapped tree differs from its packages: ${changed%%$'\n'*}"
     # Package lists and caches are not needed inside the image.
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
     say "importing $BASE_IMAGE"

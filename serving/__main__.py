@@ -75,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # the audit line replaces it
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        # X-Forwarded-For is read by serving.security.ForwardedClient, from AADS_TRUSTED_PROXIES only.
         proxy_headers=False,
         server_header=False,
+        # Past this many connections + requests, uvicorn answers 503 at once instead of queueing
+        # without bound (the edge's maxconn keeps well under it).
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
     )
     server = _GracefulServer(config, on_exit_signal=app.state.runtime.begin_shutdown)
     # uvicorn re-raises the signal once it has drained; with this handler a clean drain exits 0.

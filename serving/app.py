@@ -2,7 +2,8 @@
 
 The model loads in the background from `lifespan` (serving.runtime), so `/health` answers at
 once and `/ready` turns 200 when weights are loaded, verified and warmed up. Middleware, outermost
-first: request recording (audit line + metrics), CORS, gzip, API keys + rate limit.
+first: the real client behind a trusted edge (X-Forwarded-For), request recording (audit line +
+metrics), CORS, gzip, API keys + rate limits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from serving.errors import install_error_handlers
 from serving.metrics import ServiceMetrics
 from serving.routes import router
 from serving.runtime import PipelineLoader, Runtime, load_pipeline
-from serving.security import add_security_middleware
+from serving.images import DecodeGate
+from serving.security import add_forwarded_client, add_security_middleware
 from serving.settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -62,8 +64,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.runtime = Runtime(settings, pipeline_loader, metrics)
+    app.state.decode_gate = DecodeGate(settings.decode_concurrency)
     install_error_handlers(app)
     app.include_router(router)
     add_security_middleware(app, settings)
     app.add_middleware(RequestRecorder, audit=audit or AuditLog(), metrics=metrics, routes=router.routes)
+    add_forwarded_client(app, settings)
     return app

@@ -4,6 +4,7 @@
     ├── BadInput            422  the request is readable but its content is wrong
     │   └── ImageError      422  the image itself (not an image, corrupt, bad base64, ...)
     ├── EmptyBody           400
+    ├── BodyTimeout         408  the body did not arrive within AADS_BODY_TIMEOUT_S
     ├── PayloadTooLarge     413  upload over the byte limit, too many pixels, batch too long
     ├── UnsupportedMedia    415  wrong Content-Type
     ├── Unauthorized        401  API keys enabled and none / a wrong one given
@@ -13,7 +14,8 @@
     └── NotReady            503  model still loading, failed, or shutting down
 
 `install_error_handlers(app)` maps these, FastAPI's validation errors, Starlette's HTTP errors
-and anything unexpected onto that shape, so no answer is ever a traceback.
+and anything unexpected onto that shape, so no answer is ever a traceback, an exception's text or
+a file path (those go to the log).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("serving.errors")
 
@@ -60,6 +63,11 @@ class ImageError(BadInput):
 class EmptyBody(ServingError):
     status_code = 400
     code = "empty_body"
+
+
+class BodyTimeout(ServingError):
+    status_code = 408
+    code = "body_timeout"
 
 
 class PayloadTooLarge(ServingError):
@@ -121,6 +129,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    408: "request_timeout",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -151,11 +160,17 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up mid-body: nobody reads this answer, and it is no server fault.
+        return JSONResponse(error_body("client_disconnected", "the client closed the connection"), status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback for the operator; the client sees one line, never the trace.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        request_id = request.scope.get("state", {}).get("request_id", "-")
+        log.exception("unexpected error on %s %s (request %s)", request.method, request.url.path, request_id)
         return JSONResponse(
-            error_body("internal_error", f"internal error ({type(exc).__name__}); see the service log"),
+            error_body("internal_error", f"internal error; the service log has the details (request {request_id})"),
             status_code=500,
         )

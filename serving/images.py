@@ -1,22 +1,31 @@
-"""Turning uploaded bytes into a checked RGB image, or one clear error.
+"""Turning uploaded bytes into a checked, downscaled RGB image, or one clear error.
 
 Every check happens before the model sees anything: empty input, size over the byte limit,
 bad base64, bytes that are no image (or a format we do not decode), too many pixels (a
 decompression bomb is refused from its header, before its pixels are decoded), and a
 truncated or corrupt file (found when the pixels are decoded). Errors are `ImageError`
-(422), `PayloadTooLarge` (413) or `UnsupportedMedia` (415), each naming the problem.
+(422), `PayloadTooLarge` (413) or `UnsupportedMedia` (415), each naming the problem; their
+messages are ours, never the decoder's exception text.
+
+Memory: a decoded image is shrunk at once to about twice the model's input (`shorter_side`),
+JPEGs already while decoding (`Image.draft`, a DCT-domain 1/2, 1/4 or 1/8 scale), other formats
+right after (`Image.reduce`, an integer box filter). What waits in the batch queue is then
+at most `held_pixels(shorter_side)` pixels, whatever was uploaded; the full-size buffer lives
+only while one decode runs, and `DecodeGate` bounds how many run at once (docs/security.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+import math
 import re
 import struct
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from serving.errors import ImageError, PayloadTooLarge, UnsupportedMedia
 
@@ -91,8 +100,41 @@ def decode_base64(text: str, *, max_bytes: int) -> bytes:
         raise ImageError("image is not valid base64", code="invalid_base64") from None
 
 
-def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+# The EXIF orientation tag and the transpose that shows the image upright (what ImageOps.exif_transpose does).
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes Image.reduce works on; others (palette, 1-bit, 16-bit, CMYK) become RGB first.
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "RGBa", "La")
+# A held image keeps at most this many times shorter_side² pixels (a very long, thin upload is
+# shrunk below shorter_side on its short side rather than held at full length).
+HELD_ASPECT = 4
+
+
+def held_pixels(shorter_side: int) -> int:
+    """The most pixels an image keeps after `open_image(..., shorter_side=...)` (x 3 bytes as RGB)."""
+    return HELD_ASPECT * 4 * shorter_side * shorter_side  # (2s)² for the short side, x HELD_ASPECT for the aspect
+
+
+def shrink_factor(width: int, height: int, shorter_side: int) -> int:
+    """The integer factor that keeps the short side >= `shorter_side` and the area <= `held_pixels`."""
+    by_side = max(1, min(width, height) // shorter_side)
+    by_area = math.ceil(math.sqrt(width * height / held_pixels(shorter_side)))
+    return max(1, by_side, by_area)
+
+
+def open_image(data: bytes, *, max_bytes: int, max_pixels: int, shorter_side: int | None = None) -> Image.Image:
     """Decode image bytes into a fully loaded RGB `PIL.Image` (EXIF orientation applied).
+
+    With `shorter_side`, an image whose short side is at least twice that is shrunk by an integer
+    factor, keeping its short side at `shorter_side` or more (JPEG: during the decode).
 
     Raises:
         ImageError: `empty_image`, `not_an_image` (unknown or unsupported format), `corrupt_image`
@@ -108,14 +150,14 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
         )
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # a warning when made an error
-        raise PayloadTooLarge(f"image has too many pixels ({e})", code="too_many_pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # a warning when made an error
+        raise PayloadTooLarge("image has too many pixels", code="too_many_pixels") from None
     except UnidentifiedImageError:
         raise ImageError(
             "data is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)", code="not_an_image"
         ) from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"image header is corrupt ({e})", code="corrupt_image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error):
+        raise ImageError("image header is corrupt or truncated", code="corrupt_image") from None
 
     width, height = image.size
     if width < 1 or height < 1:
@@ -126,16 +168,54 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
             code="too_many_pixels",
         )
     try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        if shorter_side and image.format in ("JPEG", "MPO"):
+            factor = shrink_factor(width, height, shorter_side)
+            if factor > 1:  # the decoder picks the largest 1/2^k scale still at least this size
+                image.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        return image.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise PayloadTooLarge(f"image has too many pixels ({e})", code="too_many_pixels") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as e:
-        detail = str(e) or type(e).__name__
-        raise ImageError(f"image data is truncated or corrupt ({detail})", code="corrupt_image") from None
+        if shorter_side:
+            image = _shrink(image, shorter_side)
+        image = image.convert("RGB")
+        if orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[orientation])
+        return image
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge("image has too many pixels", code="too_many_pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error):
+        raise ImageError("image data is truncated or corrupt", code="corrupt_image") from None
 
 
-def image_from_base64(text: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
+def _shrink(image: Image.Image, shorter_side: int) -> Image.Image:
+    factor = shrink_factor(image.width, image.height, shorter_side)
+    if factor <= 1:
+        return image
+    if image.mode not in _REDUCIBLE:
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    return image.reduce(factor)
+
+
+class DecodeGate:
+    """At most `limit` decodes at once, so full-size pixel buffers in memory are at most `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._semaphore = asyncio.Semaphore(limit)
+        self.running = 0
+        self.peak = 0  # the most decodes seen at once (tests, metrics)
+
+    async def __aenter__(self) -> "DecodeGate":
+        await self._semaphore.acquire()
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.running -= 1
+        self._semaphore.release()
+
+
+def image_from_base64(text: str, *, max_bytes: int, max_pixels: int, shorter_side: int | None = None) -> Image.Image:
     """`decode_base64` then `open_image`."""
-    return open_image(decode_base64(text, max_bytes=max_bytes), max_bytes=max_bytes, max_pixels=max_pixels)
+    return open_image(decode_base64(text, max_bytes=max_bytes), max_bytes=max_bytes, max_pixels=max_pixels,
+                      shorter_side=shorter_side)

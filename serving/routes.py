@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from starlette.datastructures import UploadFile
 
 from serving.errors import (
     BadInput,
+    BodyTimeout,
     EmptyBody,
     NotFound,
     Overloaded,
@@ -29,7 +31,7 @@ from serving.errors import (
     ServingError,
     UnsupportedMedia,
 )
-from serving.images import check_content_type, image_from_base64, open_image
+from serving.images import DecodeGate, check_content_type, image_from_base64, open_image
 from serving.runtime import DiagnoseItem, Runtime
 from serving.schemas import (
     BatchRequest,
@@ -44,16 +46,18 @@ from serving.schemas import (
 )
 
 router = APIRouter()
+log = logging.getLogger("serving.routes")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "empty body or malformed JSON",
         401: "API key missing or invalid",
+        408: "the body did not arrive in time (AADS_BODY_TIMEOUT_S)",
         413: "image or batch over its limit",
         415: "wrong content type",
         422: "bad image, bad base64, unknown crop_hint, invalid fields",
-        429: "rate limit exceeded (Retry-After)",
+        429: "rate limit or failed-key limit exceeded (Retry-After)",
         503: "not ready, shutting down, or queue full (Retry-After)",
     }.items()
 }
@@ -97,7 +101,7 @@ async def health(request: Request) -> HealthResponse:
     return HealthResponse(
         state=rt.state.value,
         version=rt.manifest.version if rt.manifest else None,
-        error=rt.error,
+        error=rt.public_error,
         uptime_s=round(time.time() - rt.started_at, 3),
         load_seconds=round(rt.load_seconds, 3) if rt.load_seconds is not None else None,
     )
@@ -176,16 +180,12 @@ async def diagnose(request: Request) -> JSONResponse:
         check_content_type(content_type)
         crop_hint = _check_crop_hint(rt, crop_hint)
         started = time.perf_counter()
-        image = await run_in_threadpool(
-            open_image, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
-        )
+        image = await _decode(request, open_image, data)
     elif media == "application/json":
         body = await _read_json(request, _image_body_limit(settings, encoded=True), DiagnoseRequest)
         crop_hint = _check_crop_hint(rt, body.crop_hint)
         started = time.perf_counter()
-        image = await run_in_threadpool(
-            image_from_base64, body.image, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
-        )
+        image = await _decode(request, image_from_base64, body.image)
     else:
         raise _wrong_media(media, "application/json or multipart/form-data")
     decode_ms = (time.perf_counter() - started) * 1000.0
@@ -225,9 +225,7 @@ async def diagnose_batch(request: Request) -> JSONResponse:
     async def one(entry: DiagnoseRequest) -> dict:
         crop_hint = _check_crop_hint(rt, entry.crop_hint)
         started = time.perf_counter()
-        image = await run_in_threadpool(
-            image_from_base64, entry.image, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
-        )
+        image = await _decode(request, image_from_base64, entry.image)
         decode_ms = (time.perf_counter() - started) * 1000.0
         return await _diagnose_one(rt, DiagnoseItem(image, crop_hint), decode_ms)
 
@@ -245,6 +243,18 @@ async def diagnose_batch(request: Request) -> JSONResponse:
     return JSONResponse({"count": n, "failed": failed, "results": results})
 
 
+async def _decode(request: Request, decode, payload):
+    """Decode one upload in a worker thread, at most AADS_DECODE_CONCURRENCY at once, shrunk at once
+    to a short side between 1x and 2x the model's resize size (serving.images)."""
+    rt = _runtime(request)
+    settings = rt.settings
+    gate: DecodeGate = request.app.state.decode_gate
+    shorter_side = rt.manifest.backbone.resize_size if rt.manifest is not None else None
+    async with gate:
+        return await run_in_threadpool(decode, payload, max_bytes=settings.max_upload_bytes,
+                                       max_pixels=settings.max_pixels, shorter_side=shorter_side)
+
+
 async def _diagnose_one(rt: Runtime, item: DiagnoseItem, decode_ms: float) -> dict:
     assert rt.batcher is not None and rt.manifest is not None and rt.pipeline is not None
     try:
@@ -252,8 +262,11 @@ async def _diagnose_one(rt: Runtime, item: DiagnoseItem, decode_ms: float) -> di
     except ServingError:
         raise
     except Exception as e:
-        # The pipeline refused this one image (its batch-mates were retried without it).
-        raise BadInput(f"the model could not process this image ({type(e).__name__}: {e})", code="model_error") from None
+        # The pipeline refused this one image (its batch-mates were retried without it). The
+        # exception's text may name files or internals: it goes to the log, not to the client.
+        log.warning("the model could not process an image: %s: %s", type(e).__name__, e)
+        raise BadInput("the model could not process this image; the service log has the details",
+                       code="model_error") from None
     d = batched.result
     rt.metrics.observe_diagnosis(d.decision, d.reason)
     timings = {k: round(float(v), 3) for k, v in (d.timings_ms or {}).items()}
@@ -346,16 +359,29 @@ def _check_declared_length(request: Request, limit: BodyLimit) -> None:
             raise limit.refuse(int(declared))
 
 
+async def _within_body_timeout(request: Request, reading):
+    """Await `reading` (the body) for at most AADS_BODY_TIMEOUT_S: a trickled body holds no slot for long."""
+    timeout_s = _runtime(request).settings.body_timeout_s
+    try:
+        return await asyncio.wait_for(reading, timeout_s)
+    except asyncio.TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g}s (AADS_BODY_TIMEOUT_S)") from None
+
+
 async def _read_body(request: Request, limit: BodyLimit) -> bytes:
     """The whole body, refusing it as soon as it passes the limit (also without Content-Length)."""
     _check_declared_length(request, limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit.max_bytes:
-            raise limit.refuse()
-        chunks.append(chunk)
-    body = b"".join(chunks)
+
+    async def read() -> list[bytes]:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit.max_bytes:
+                raise limit.refuse()
+            chunks.append(chunk)
+        return chunks
+
+    body = b"".join(await _within_body_timeout(request, read()))
     if not body.strip():
         raise EmptyBody("the request body is empty")
     return body
@@ -365,8 +391,10 @@ async def _read_json(request: Request, limit: BodyLimit, model: type):
     body = await _read_body(request, limit)
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"the body is not valid JSON ({e})", code="invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"the body is not valid JSON (line {e.lineno}, column {e.colno})", code="invalid_json") from None
+    except UnicodeDecodeError:
+        raise BadInput("the body is not valid JSON (not UTF-8 text)", code="invalid_json") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -381,12 +409,13 @@ async def _read_multipart(request: Request, limit: BodyLimit) -> tuple[bytes, st
     _check_declared_length(request, limit)
     capped = Request(request.scope, _capped_receive(request.receive, limit))
     try:
-        form = await capped.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
+        form = await _within_body_timeout(request, capped.form(max_files=1, max_fields=4, max_part_size=64 * 1024))
     except ServingError:
         raise
     except Exception as e:  # the multipart parser's own errors (malformed body, too many parts)
-        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
-        raise BadInput(f"the multipart body cannot be read ({detail})", code="invalid_multipart") from None
+        log.info("unreadable multipart body: %s: %s", type(e).__name__, e)
+        raise BadInput("the multipart body cannot be read (malformed, or too many or too large parts)",
+                       code="invalid_multipart") from None
     try:
         upload = form.get("image")
         if upload is None:

@@ -117,6 +117,13 @@ class Runtime:
             return pipeline
         raise NotReady(self.not_ready_message(), retry_after=5 if self.state is Health.STARTING else None)
 
+    @property
+    def public_error(self) -> str | None:
+        """What a client may see of a failed load: never the exception's text or a path (the log has them)."""
+        if self.error is None:
+            return None
+        return "the model failed to load; the service log has the details"
+
     def require_manifest(self) -> Manifest:
         if self.manifest is None:
             raise NotReady(self.not_ready_message(), retry_after=5 if self.state is Health.STARTING else None)
@@ -126,7 +133,7 @@ class Runtime:
         if self.state is Health.STARTING:
             return "the model is still loading; retry shortly"
         if self.state is Health.FAILED:
-            return f"the model failed to load: {self.error}"
+            return self.public_error or "the model failed to load"
         if self.state is Health.STOPPING:
             return "the service is shutting down"
         return "not ready"

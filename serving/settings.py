@@ -8,6 +8,7 @@ environment later: `Settings` is passed down.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -49,11 +50,22 @@ class Settings:
     max_wait_ms: float = 5.0
     queue_size: int = 256
     max_upload_bytes: int = 10 * MB
-    max_pixels: int = 40_000_000
+    # A 16 MP phone photo (4608 x 3456) passes; a decoded RGBA buffer is at most 4 bytes per pixel.
+    max_pixels: int = 16_000_000
     max_batch_items: int = 32
     max_batch_body_bytes: int = 64 * MB
+    # How many uploads decode at once: each holds up to ~8 bytes x max_pixels while it runs.
+    decode_concurrency: int = 2
+    # Open connections + requests uvicorn takes before answering 503 (its limit_concurrency).
+    max_connections: int = 64
+    # A request body must arrive within this long once its headers did (a trickled body is cut).
+    body_timeout_s: float = 30.0
     api_keys: tuple[ApiKey, ...] = ()
     rate_limit: RateLimit | None = None
+    # Failed key attempts per client address before 429 (None: unlimited).
+    auth_failure_limit: RateLimit | None = RateLimit(10, 60.0)
+    # Peers whose X-Forwarded-For names the real client: IPs, CIDRs or host names (the edge).
+    trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
@@ -85,8 +97,13 @@ class Settings:
             max_pixels=reader.integer("AADS_MAX_PIXELS", cls.max_pixels, low=1, high=2**40),
             max_batch_items=reader.integer("AADS_MAX_BATCH_ITEMS", cls.max_batch_items, low=1, high=10_000),
             max_batch_body_bytes=reader.size("AADS_MAX_BATCH_BODY_BYTES", cls.max_batch_body_bytes),
+            decode_concurrency=reader.integer("AADS_DECODE_CONCURRENCY", cls.decode_concurrency, low=1, high=256),
+            max_connections=reader.integer("AADS_MAX_CONNECTIONS", cls.max_connections, low=1, high=100_000),
+            body_timeout_s=reader.number("AADS_BODY_TIMEOUT_S", cls.body_timeout_s, low=0.1, high=3600),
             api_keys=_read_api_keys(env),
             rate_limit=reader.rate("AADS_RATE_LIMIT"),
+            auth_failure_limit=reader.rate("AADS_AUTH_FAILURE_LIMIT", cls.auth_failure_limit),
+            trusted_proxies=reader.proxies("AADS_TRUSTED_PROXIES"),
             cors_origins=reader.origins("AADS_CORS_ORIGINS"),
             graceful_timeout_s=reader.number("AADS_GRACEFUL_TIMEOUT_S", cls.graceful_timeout_s, low=0, high=3600),
             log_level=reader.choice("AADS_LOG_LEVEL", cls.log_level, ("critical", "error", "warning", "info", "debug")),
@@ -153,10 +170,12 @@ class _Reader:
             raise SettingsError(f"{name}={value!r}: expected a size from 1 byte to 1GB")
         return number
 
-    def rate(self, name: str) -> RateLimit | None:
-        """`N/second`, `N/minute`, `N/hour` (or `N/s`, `N/m`, `N/h`, `N/30s`); empty or `off` = none."""
+    def rate(self, name: str, default: RateLimit | None = None) -> RateLimit | None:
+        """`N/second`, `N/minute`, `N/hour` (or `N/s`, `N/m`, `N/h`, `N/30s`); `off` = none; empty = `default`."""
         value = self._raw(name)
-        if value is None or value.lower() in ("off", "none", "0"):
+        if value is None:
+            return default
+        if value.lower() in ("off", "none", "0"):
             return None
         m = re.fullmatch(r"(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)s?", value.lower())
         if not m or int(m.group(1)) < 1:
@@ -173,6 +192,20 @@ class _Reader:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise SettingsError(f"{name}: origin {origin!r} must look like https://host[:port]")
         return origins
+
+    def proxies(self, name: str) -> tuple[str, ...]:
+        """Comma-separated IPs, CIDRs (10.0.0.0/8) or host names (edge)."""
+        value = self._raw(name)
+        if value is None:
+            return ()
+        entries = tuple(e.strip() for e in value.split(",") if e.strip())
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", entry):
+                    raise SettingsError(f"{name}: {entry!r} is not an IP address, a CIDR or a host name") from None
+        return entries
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._raw(name)

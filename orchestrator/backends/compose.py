@@ -4,7 +4,9 @@ State of a target lives in three places, each with one job:
   - the ledger says what is live (version, digest, slot) and what every switch did;
   - <state dir>/compose/<target>/compose.env holds the image of each slot (compose reads it);
   - <state dir>/compose/<target>/edge/haproxy.cfg (mounted into the edge) enables the live slot,
-    so an edge restart keeps serving it.
+    so an edge restart keeps serving it;
+  - <state dir>/compose/<target>/api-keys (0600, made at the first `up`) holds the API keys the
+    slots require (orchestrator.api_keys); compose.env carries them to the slots, so it is 0600 too.
 Traffic moves only through HAProxy's runtime API (`docker exec` into the edge), never a reload.
 
 Crash repair (a switch the ledger still shows as running, its process gone): while the switch had
@@ -29,7 +31,7 @@ from typing import Any
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 
-from orchestrator import compose_cli, golden, haproxy, probe
+from orchestrator import api_keys, compose_cli, golden, haproxy, probe
 from orchestrator.config import ComposeTarget
 from orchestrator.context import Context
 from orchestrator.engine import docker_client
@@ -84,6 +86,7 @@ class ComposeBackend:
         self.env_path = self.state_dir / "compose.env"
         self.edge_dir = self.state_dir / "edge"
         self.cfg_path = self.edge_dir / "haproxy.cfg"
+        self.keys_path = self.state_dir / api_keys.KEYS_FILE
         self.compose_file = ctx.config.path(spec.compose_file).resolve()
         self.edge_src = self.compose_file.parent.parent / "images" / "edge"
         self._client = None
@@ -141,6 +144,7 @@ class ComposeBackend:
             "BLUE_PORT": str(self.spec.blue_port),
             "GREEN_PORT": str(self.spec.green_port),
         })
+        env["SLOT_API_KEYS"] = api_keys.env_value(self.keys()) if self.spec.api_keys == "on" else ""
         env.update({k: v for k, v in images.items() if v})
         for key in ("BLUE_IMAGE", "GREEN_IMAGE"):  # compose needs both to read the file
             env.setdefault(key, images.get("BLUE_IMAGE") or images.get("GREEN_IMAGE") or "aads-unset")
@@ -148,8 +152,27 @@ class ComposeBackend:
         text += "".join(f"{k}={env[k]}\n" for k in sorted(env))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.env_path.with_suffix(".tmp")
-        tmp.write_text(text)
+        tmp.unlink(missing_ok=True)
+        # 0600 from the start: it carries the API keys.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         os.replace(tmp, self.env_path)
+
+    # -- API keys ---------------------------------------------------------------------------------
+    def keys(self) -> tuple:
+        """The target's API keys (the key file is made, 0600, the first time)."""
+        if api_keys.ensure_keys_file(self.keys_path):
+            self.ctx.note(f"API keys are on: made {self.keys_path} (0600); clients send "
+                          f"`X-API-Key: <key>` (`api_keys: off` in the target turns them off)")
+        return api_keys.read_keys(self.keys_path)
+
+    @property
+    def client_headers(self) -> dict[str, str]:
+        """What the orchestrator's own requests to /v1/* carry: its key when keys are on."""
+        if self.spec.api_keys != "on" or not self.keys_path.is_file():
+            return {}
+        return {"X-API-Key": api_keys.own_key(api_keys.read_keys(self.keys_path))}
 
     # -- edge -------------------------------------------------------------------------------------
     @property
@@ -580,7 +603,7 @@ class ComposeBackend:
         recorded = cand.deployable.build.golden
         if not recorded:
             raise SwitchFailed(f"build of {cand.version} has no recorded golden outputs: rebuild it")
-        got = golden.collect(self.slot_url(slot))
+        got = golden.collect(self.slot_url(slot), headers=self.client_headers)
         problems = golden.compare(recorded, got)
         if problems:
             more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -592,6 +615,7 @@ class ComposeBackend:
         deadline = time.monotonic() + timeout_s
         streak, last = 0, "no answer"
         with requests.Session() as s:
+            s.headers.update(self.client_headers)
             while streak < 3:
                 try:
                     r = s.get(f"{self.edge_url}/v1/version", timeout=5)
@@ -616,6 +640,7 @@ class ComposeBackend:
         last_error = ""
         deadline = time.monotonic() + self.spec.watch_s
         with requests.Session() as s:
+            s.headers.update(self.client_headers)
             i = 0
             while time.monotonic() < deadline:
                 try:
@@ -791,6 +816,10 @@ class ComposeBackend:
                 "image": c.attrs.get("Config", {}).get("Image") if c is not None else None,
                 "version": self.known_image(c) if c is not None else None,
                 "edge": _edge_word(st),
+                # A slot the kernel killed for memory comes back by itself (restart: unless-stopped):
+                # these two are the only trace of it.
+                "restarts": int(c.attrs.get("RestartCount") or 0) if c is not None else None,
+                "oom_killed": bool(c.attrs.get("State", {}).get("OOMKilled")) if c is not None else None,
             })
         out: dict[str, Any] = {"target": self.target, "kind": "compose", "project": self.spec.project,
                                "compose": self.project.flavor.describe(), "edge": self.edge_url,

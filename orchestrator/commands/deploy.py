@@ -207,7 +207,8 @@ def _print_status(ctx: Context, st: dict[str, Any]) -> None:
     slots = st.get("slots") or []
     if slots:
         s = Table(title="slots", title_justify="left")
-        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "port", "image")
+        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "restarts", "oom_killed",
+                            "port", "image")
                 if any(k in x for x in slots)]
         for k in keys:
             s.add_column(k)

@@ -28,6 +28,7 @@ import pytest
 import requests
 import yaml
 
+from orchestrator import api_keys
 from orchestrator.ledger import LEDGER_FILE, Ledger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,8 +109,14 @@ class Stack:
         assert r.returncode == 0, f"orchestrator {' '.join(args)} --json: rc {r.returncode}: {r.stderr[-2000:]}"
         return json.loads(r.stdout)
 
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """The target's API key (its key file is made by the first `up`), as the orchestrator sends it."""
+        keys = api_keys.read_keys(self.state_dir / "compose" / self.name / api_keys.KEYS_FILE)
+        return {"X-API-Key": api_keys.own_key(keys)}
+
     def edge_version(self, timeout: float = 5) -> str:
-        r = requests.get(f"{self.edge_url}/v1/version", timeout=timeout)
+        r = requests.get(f"{self.edge_url}/v1/version", timeout=timeout, headers=self.api_headers)
         r.raise_for_status()
         return r.json()["version"]
 

@@ -511,10 +511,11 @@ def test_restore_with_push_records_a_normal_push(small, own_registry):
 
 
 # ---- the round trip of both real versions ------------------------------------------------------
-def _diagnose(base_url: str) -> dict[str, Any]:
+def _diagnose(base_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     from orchestrator.golden import golden_images
     name, png = golden_images()[0]
-    r = requests.post(f"{base_url}/v1/diagnose", json={"image": base64.b64encode(png).decode()}, timeout=60)
+    r = requests.post(f"{base_url}/v1/diagnose", json={"image": base64.b64encode(png).decode()}, timeout=60,
+                      headers=headers)
     assert r.status_code == 200, r.text[:500]
     return r.json()
 
@@ -552,12 +553,12 @@ def test_round_trip_of_both_versions_then_deploy_and_diagnose(built_versions, en
         up = stack.json("up", OTHER)
         assert up["outcome"] in ("succeeded", "noop"), up
         assert stack.edge_version() == OTHER
-        first = _diagnose(stack.edge_url)
+        first = _diagnose(stack.edge_url, stack.api_headers)
         assert first.get("version", OTHER) == OTHER
         switched = stack.json("switch", VERSION)
         assert switched["outcome"] == "succeeded", switched
         assert stack.edge_version() == VERSION
-        second = _diagnose(stack.edge_url)
+        second = _diagnose(stack.edge_url, stack.api_headers)
         assert second.get("version", VERSION) == VERSION
         for row in stack.json("status")["slots"]:
             image = str(row.get("image") or "")

@@ -41,7 +41,7 @@ def stack(tmp_path_factory, fault_session) -> Stack:
 
 def edge_load(stack: Stack) -> LoadGenerator:
     return LoadGenerator(LoadSpec(url=f"{stack.edge_url}/v1/version", rate=LOAD_RATE, duration_s=900, clients=2,
-                                  timeout_s=10, track_key="version"))
+                                  timeout_s=10, track_key="version", headers=tuple(stack.api_headers.items())))
 
 
 def the_other(version: str) -> str:

@@ -69,7 +69,8 @@ def faulty(stack, fault_session, engine_client):
 
 def edge_load(stack: Stack, duration_s: float = 600) -> LoadGenerator:
     return LoadGenerator(LoadSpec(url=f"{stack.edge_url}/v1/version", rate=LOAD_RATE, duration_s=duration_s,
-                                  clients=2, timeout_s=10, track_key="version"))
+                                  clients=2, timeout_s=10, track_key="version",
+                                  headers=tuple(stack.api_headers.items())))
 
 
 def assert_live_kept_serving(stack: Stack, load) -> None:

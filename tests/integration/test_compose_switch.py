@@ -52,7 +52,8 @@ def stack(request, tmp_path_factory, fault_session):
 
 def load(stack: Stack, duration_s: float = 600) -> LoadGenerator:
     return LoadGenerator(LoadSpec(url=f"{stack.edge_url}/v1/version", rate=LOAD_RATE, duration_s=duration_s,
-                                  clients=2, timeout_s=10, track_key="version"))
+                                  clients=2, timeout_s=10, track_key="version",
+                                  headers=tuple(stack.api_headers.items())))
 
 
 def assert_no_failed_request(result, versions: set[str]) -> None:
@@ -117,7 +118,7 @@ def test_switch_under_load_fails_no_request(stack):
     assert "stop" not in out["phases"]  # --keep-previous
     assert_no_failed_request(result, {LIVE_VERSION, OTHER_VERSION})
     assert result.answers().get(OTHER_VERSION, 0) > 0
-    version = requests.get(f"{stack.edge_url}/v1/version", timeout=5).json()
+    version = requests.get(f"{stack.edge_url}/v1/version", timeout=5, headers=stack.api_headers).json()
     assert version["version"] == OTHER_VERSION and version["backbone"]["family"] == "dinov3"
     status = stack.json("status")
     assert status["live"]["version"] == OTHER_VERSION and status["live"]["slot"] == "green"

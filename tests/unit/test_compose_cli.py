@@ -105,7 +105,8 @@ def test_the_compose_file_is_plain_compose_spec():
 
 
 ENV = {"BLUE_IMAGE": "img@sha256:" + "a" * 64, "GREEN_IMAGE": "img@sha256:" + "b" * 64,
-       "EDGE_IMAGE": "aads-edge:test", "EDGE_CONFIG_DIR": "/tmp/edge", "EDGE_PORT": "18080"}
+       "EDGE_IMAGE": "aads-edge:test", "EDGE_CONFIG_DIR": "/tmp/edge", "EDGE_PORT": "18080",
+       "SLOT_API_KEYS": "orchestrator:0123456789abcdef"}
 
 
 @pytest.mark.parametrize("flavor", [V2, V1], ids=["v2", "v1"])
@@ -124,6 +125,21 @@ def test_both_compose_clis_accept_the_files(tmp_path, flavor, gpu):
     assert "18080" in str(ports) and "127.0.0.1" in str(ports)
     has_gpu = "devices" in str(doc["services"]["blue"].get("deploy", {}))
     assert has_gpu == gpu
+    for name in ("edge", "blue", "green"):  # both CLIs keep the hardening
+        svc = doc["services"][name]
+        assert svc["cap_drop"] == ["ALL"] and svc["security_opt"] == ["no-new-privileges:true"], svc
+        assert int(svc["pids_limit"]) > 0
+    assert doc["services"]["blue"]["environment"]["AADS_API_KEYS"] == ENV["SLOT_API_KEYS"]
+
+
+def test_compose_refuses_a_slot_without_the_key_variable(tmp_path):
+    flavor = V2 if compose_cli._version_of(V2) else V1
+    if compose_cli._version_of(flavor) is None:
+        pytest.skip("no compose CLI here")
+    env = tmp_path / "compose.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in ENV.items() if k != "SLOT_API_KEYS"))
+    with pytest.raises(EngineError, match="SLOT_API_KEYS"):
+        compose_cli.run(compose_cli.project_for(flavor, "aadstest-config", COMPOSE, env, False).config())
 
 
 def test_a_missing_slot_image_is_a_clear_compose_error(tmp_path):
@@ -131,7 +147,7 @@ def test_a_missing_slot_image_is_a_clear_compose_error(tmp_path):
     if compose_cli._version_of(flavor) is None:
         pytest.skip("no compose CLI here")
     env = tmp_path / "compose.env"
-    env.write_text("EDGE_CONFIG_DIR=/tmp\nGREEN_IMAGE=x\n")
+    env.write_text("EDGE_CONFIG_DIR=/tmp\nGREEN_IMAGE=x\nSLOT_API_KEYS=\n")
     with pytest.raises(EngineError, match="BLUE_IMAGE must name"):
         compose_cli.run(compose_cli.project_for(flavor, "aadstest-config", COMPOSE, env, False).config())
 
