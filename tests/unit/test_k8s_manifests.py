@@ -136,7 +136,8 @@ def test_gpu_overlay(rendered):
 def test_nothing_mounts_what_the_service_never_reads(rendered):
     _, docs = rendered
     pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    # tmp: the read-only root's scratch space; api-keys: the Secret the service reads its keys from.
+    assert sorted(v["name"] for v in pod["volumes"]) == ["api-keys", "tmp"]
     assert "ConfigMap" not in {d["kind"] for d in docs}
 
 
