@@ -51,6 +51,7 @@ def shallow(inputs, tmp_path_factory):
             for family, (version, model_id, _ckpt, data) in inputs.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_builds_a_set_that_serves_with_random_init_false(inputs, tmp_path, family):
     from tests.api.conftest import b64, png_bytes, serve
@@ -85,6 +86,7 @@ def test_builds_a_set_that_serves_with_random_init_false(inputs, tmp_path, famil
         leaf = synthetic.leaf_image(next(iter(manifest.crops)), "healthy", 1, seed=9, size=80)
         answer = svc.client.post("/v1/diagnose", json={"image": b64(png_bytes(leaf))})
         assert answer.status_code == 200, answer.text
+        assert answer.json()["backbone"]["model_id"] == model_id  # the variant served, not the default
     # golden decisions are what the set gives its golden images
     pipe = Pipeline.load(out, manifest)
     from PIL import Image
