@@ -215,6 +215,7 @@ class AdapterJob:
     exit_depths: tuple[int, ...] = ()     # blocks early exit may stop at: OOD statistics for each
     checkpoint: Path | None = None        # per-epoch training state, to resume after an interruption
     feature_batch_size: int = 64
+    backbone_sha256: str | None = None    # known digest of the backbone's weights (saves re-hashing them)
 
 
 def train_adapter(job: AdapterJob, images: "ImageSource | torch.Tensor", labels: torch.Tensor, out_dir: str | Path,
@@ -309,7 +310,7 @@ def train_adapter(job: AdapterJob, images: "ImageSource | torch.Tensor", labels:
         write_bundle(tmp, {
             "kind": "adapter", "crop": job.crop, "classes": list(job.classes), "family": job.family,
             "feature": "cls+mean_patch",
-            "backbone_sha256": weights_digest(job.backbone_dir),
+            "backbone_sha256": job.backbone_sha256 or weights_digest(job.backbone_dir),
             "lora": job.lora.model_dump(), "training": tr.model_dump(),
             "ood_acceptance_rate": job.acceptance_rate, "ood_shrinkage": ood.shrinkage,
             "ood_thresholds": {c: round(float(t), 6) for c, t in zip(job.classes, ood.thresholds)},
