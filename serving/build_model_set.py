@@ -38,8 +38,8 @@ from PIL import Image
 from serving import dynamic_depth
 from serving.backbones import EncoderView, load_backbone
 from serving.bundles import ModelLoadError, read_bundle, sha256_file
-from serving.checkpoints import (CONFIG_FILE, PREPROCESSOR_FILE, check_config_matches, preprocess_from_checkpoint,
-                                 read_config, weight_files, weights_digest)
+from serving.checkpoints import (CONFIG_FILE, MODEL_TYPE, PREPROCESSOR_FILE, check_config_matches,
+                                 preprocess_from_checkpoint, read_config, weight_files, weights_digest)
 from serving.manifest import Manifest, ManifestError, load_manifest, manifest_sha256
 from serving.pipeline import MODEL_SET_FILE, RANDOM_INIT_NOTICE, Pipeline
 from serving.preprocess import Preprocess
@@ -96,7 +96,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
     config = read_config(backbone_dir)
     if options.check_size:
         check_config_matches(config, family, model_id, f"backbone {backbone_dir}")
-    elif config.get("model_type") != {"dinov2": "dinov2", "dinov3": "dinov3_vit"}[family]:
+    elif config.get("model_type") != MODEL_TYPE[family]:
         raise ModelLoadError(f"backbone {backbone_dir}: model_type {config.get('model_type')!r} is not {family}")
     weights = weight_files(backbone_dir)
     device = check_device(options.device)
@@ -191,6 +191,10 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
         del pipe
     say(f"comparing serving-dtype and fp32 decisions on {len(held)} held-out images")
     doc["dtype_agreement"] = dtype_agreement(work, manifest, _open_all(held), device)
+    if doc["dtype_agreement"].get("meets_target") is False:
+        agree = doc["dtype_agreement"]
+        say(f"warning: {agree['serving_dtype']} and float32 decide alike on only {agree['agreement']:.4f} of "
+            f"{agree['images']} held-out images (target {DTYPE_AGREEMENT_TARGET}); consider dtype: float32 in the manifest")
     _write_set_json(work, doc, hashes)
     say("recording the golden set from held-out images")
     doc["golden"] = _record_golden(work, manifest, data, splits, options.golden_per_crop, device)
@@ -277,7 +281,9 @@ def dtype_agreement(model_dir: Path, manifest: Manifest, images: list[Image.Imag
     del serving
     b = _decisions(Pipeline.load(model_dir, manifest, device=device, verify=False, dtype="float32"), images, batch_size)
     same = sum(x == y for x, y in zip(a, b))
-    return {**result, "agreement": same / max(1, len(images)), "differing": len(images) - same}
+    agreement = same / max(1, len(images))
+    return {**result, "agreement": agreement, "differing": len(images) - same,
+            "meets_target": agreement >= DTYPE_AGREEMENT_TARGET}
 
 
 def _decisions(pipe: Pipeline, images: list[Image.Image], batch_size: int) -> list[tuple]:

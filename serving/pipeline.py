@@ -194,7 +194,7 @@ class Pipeline:
         policy = dynamic_depth.DepthPolicy.from_fraction(dyn_cfg.enabled, dyn_cfg.min_blocks_fraction, threshold,
                                                          view.num_layers)
         if policy.enabled:
-            exits = set(range(max(policy.min_blocks, 1), view.num_layers))
+            exits = set(dynamic_depth.exit_depths(policy, view.num_layers))
             lacking = [name for name, ood in [("router", router.ood)] + [(c, a.ood) for c, a in adapters.items()]
                        if not exits <= set(ood.by_depth)]
             if lacking:
