@@ -1,12 +1,14 @@
 """Fine-tune one crop adapter (LoRA + linear head), calibrate its OOD check, export the bundle.
 
     python -m serving.train --version-dir versions/v5.5.4-dinov3 --data DIR --crop tomato \
-        --backbone build/models/v5.5.4-dinov3/backbone --out build/models/v5.5.4-dinov3/adapters/tomato
+        --backbone build/models/v5.5.4-dinov3/backbone --out /tmp/tomato [--device cuda]
 
 DIR is an ImageFolder: one sub-folder per class of the crop, named as in the adapter spec.
 The training parameters (learning rate, batch size, epochs, held-out fraction, seed) come from
 the manifest and can be overridden. The held-out split is never trained on: it sets the OOD
-thresholds and gives the reported accuracy.
+thresholds and gives the reported accuracy. Images are decoded from disk batch by batch
+(`ImageFiles`), never held all at once. A whole model set (router, every adapter, calibration,
+hashes) is built by `python -m serving.build_model_set`, which uses `train_adapter` from here.
 """
 
 from __future__ import annotations
@@ -114,17 +116,6 @@ class ImageTensor:
 
 def as_source(images: "ImageSource | torch.Tensor") -> ImageSource:
     return ImageTensor(images) if isinstance(images, torch.Tensor) else images
-
-
-def load_images(paths: list[Path], preprocess: Preprocess, progress: Progress | None = None) -> torch.Tensor:
-    """Every image of `paths` in memory (small sets only; see ImageFiles for streaming)."""
-    files = ImageFiles(paths, preprocess, workers=1)
-    out = []
-    for n in range(len(paths)):
-        out.append(files.load([n])[0])
-        if progress and (n + 1 == len(paths) or (n + 1) % 50 == 0):
-            progress("load images", n + 1, len(paths))
-    return torch.stack(out)
 
 
 def batches(source: ImageSource, indices: list[int], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
