@@ -93,6 +93,13 @@ def test_builds_a_set_that_serves_with_random_init_false(inputs, tmp_path, famil
 
     got = pipe.diagnose([Image.open(out / "golden" / g["image"]).convert("RGB") for g in golden], [None] * len(golden))
     assert [(d.decision, d.crop, d.disease) for d in got] == [(g["decision"], g["crop"], g["disease"]) for g in golden]
+    # a set that claims another size than its checkpoint is refused at load
+    doc = json.loads((out / "model_set.json").read_text())
+    (out / "model_set.json").write_text(json.dumps({**doc, "model_id": manifest.backbone.model_id}))
+    from serving.bundles import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="hidden_size 384 is not the 768"):
+        Pipeline.load(out, manifest)
 
 
 def test_an_interrupted_build_resumes(shallow, tmp_path):
