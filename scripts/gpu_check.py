@@ -1,6 +1,7 @@
 """GPU check: the real model path on a CUDA device, in one short run (`make gpu-check`).
 
     python3 scripts/gpu_check.py --out build/gpu-check            # on the GPU machine (< 6 min on an H100)
+    PYTHONPATH=wheels python3 -u scripts/gpu_check.py --out "$OUT"  # fastapi & co. carried as wheels
     python3 scripts/gpu_check.py --device cpu --quick --out DIR   # here, on the CPU, to test the script
 
 Needs only python3 with torch, transformers, peft, safetensors, numpy, pillow, httpx, pyyaml,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import io
 import json
 import os
@@ -140,6 +142,7 @@ def compare_dtypes(model_dir: Path, version: str, images: list, device: str) -> 
 def throughput(model_dir: Path, version: str, images: list, device: str, budget: Budget) -> dict:
     manifest = load_manifest(ROOT / "versions" / version)
     if device.startswith("cuda"):
+        gc.collect()  # the servers and pipelines of earlier parts must not count here
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -167,6 +170,7 @@ def throughput(model_dir: Path, version: str, images: list, device: str, budget:
     if device.startswith("cuda"):
         out["peak_memory_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
         out["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        out["allocated_before_mib"] = round(base / 2**20, 1)
     del pipe
     return out
 
@@ -310,6 +314,14 @@ def markdown(report: dict) -> str:
             bb, nn = b.get("batched"), b.get("naive")
             lines.append(f"| {r['label']} | {bb.get('requests_per_s') if isinstance(bb, dict) else bb} "
                          f"| {nn.get('requests_per_s') if isinstance(nn, dict) else nn} | {b.get('ratio', '-')} |")
+    peaks = [(r["version"], r["model_id"], r["throughput"].get("peak_memory_mib"), r["throughput"].get("peak_reserved_mib"))
+             for r in report["backbones"] if isinstance(r.get("throughput"), dict)
+             and r["throughput"].get("peak_memory_mib") is not None]
+    if peaks:
+        lines += ["", "Peak device memory of one loaded version serving batch 32 (for the blue/green GPU-room check; "
+                  "add ~500 MiB of CUDA context per process):", "",
+                  "| version | checkpoint | peak allocated MiB | peak reserved MiB |", "| --- | --- | --- | --- |"]
+        lines += [f"| {v} | {m} | {a} | {r} |" for v, m, a, r in peaks]
     if report["skipped"]:
         lines += ["", "Skipped (time budget or error): " + "; ".join(report["skipped"])]
     if report["failures"]:
