@@ -1,6 +1,7 @@
 """GPU check: the real model path on a CUDA device, in one short run (`make gpu-check`).
 
     python3 scripts/gpu_check.py --out build/gpu-check            # on the GPU machine (< 6 min on an H100)
+    PYTHONPATH=wheels python3 -u scripts/gpu_check.py --out "$OUT"  # fastapi & co. carried as wheels
     python3 scripts/gpu_check.py --device cpu --quick --out DIR   # here, on the CPU, to test the script
 
 Needs only python3 with torch, transformers, peft, safetensors, numpy, pillow, httpx, pyyaml,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import io
 import json
 import os
@@ -56,12 +58,13 @@ BATCHES = (1, 8, 32)
 CLIENTS = 32
 API_KEY = "gpu-check:gpu-check-key-0001"
 
-# (label, version, model id); the order is the priority when time runs short.
+# (label, version, model id, seconds its build needs on an H100, generously); the order is the
+# priority when time runs short.
 PLAN = [
-    ("DINOv3 ViT-S/16", "v5.5.4-dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m"),
-    ("DINOv2 ViT-B/14", "v5.5.3-performance", "facebook/dinov2-base"),
-    ("DINOv3 ViT-L/16", "v5.5.4-dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m"),
-    ("DINOv3 ViT-B/16", "v5.5.4-dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m"),
+    ("DINOv3 ViT-S/16", "v5.5.4-dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m", 30),
+    ("DINOv2 ViT-B/14", "v5.5.3-performance", "facebook/dinov2-base", 40),
+    ("DINOv3 ViT-L/16", "v5.5.4-dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 70),
+    ("DINOv3 ViT-B/16", "v5.5.4-dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m", 40),
 ]
 
 
@@ -139,6 +142,7 @@ def compare_dtypes(model_dir: Path, version: str, images: list, device: str) -> 
 def throughput(model_dir: Path, version: str, images: list, device: str, budget: Budget) -> dict:
     manifest = load_manifest(ROOT / "versions" / version)
     if device.startswith("cuda"):
+        gc.collect()  # the servers and pipelines of earlier parts must not count here
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -166,6 +170,7 @@ def throughput(model_dir: Path, version: str, images: list, device: str, budget:
     if device.startswith("cuda"):
         out["peak_memory_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
         out["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        out["allocated_before_mib"] = round(base / 2**20, 1)
     del pipe
     return out
 
@@ -309,6 +314,14 @@ def markdown(report: dict) -> str:
             bb, nn = b.get("batched"), b.get("naive")
             lines.append(f"| {r['label']} | {bb.get('requests_per_s') if isinstance(bb, dict) else bb} "
                          f"| {nn.get('requests_per_s') if isinstance(nn, dict) else nn} | {b.get('ratio', '-')} |")
+    peaks = [(r["version"], r["model_id"], r["throughput"].get("peak_memory_mib"), r["throughput"].get("peak_reserved_mib"))
+             for r in report["backbones"] if isinstance(r.get("throughput"), dict)
+             and r["throughput"].get("peak_memory_mib") is not None]
+    if peaks:
+        lines += ["", "Peak device memory of one loaded version serving batch 32 (for the blue/green GPU-room check; "
+                  "add ~500 MiB of CUDA context per process):", "",
+                  "| version | checkpoint | peak allocated MiB | peak reserved MiB |", "| --- | --- | --- | --- |"]
+        lines += [f"| {v} | {m} | {a} | {r} |" for v, m, a, r in peaks]
     if report["skipped"]:
         lines += ["", "Skipped (time budget or error): " + "; ".join(report["skipped"])]
     if report["failures"]:
@@ -343,12 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": True}
     plan = PLAN[:1] if args.quick else PLAN
     # Rough seconds each part needs before it is worth starting (build includes training).
-    need = {"build": 25 if not args.quick else 60, "http": 15, "dtype": 10, "throughput": 20, "batcher": 40}
+    need = {"http": 15, "dtype": 10, "throughput": 25, "batcher": 40}
     try:
-        for n, (label, version, model_id) in enumerate(plan):
+        for n, (label, version, model_id, build_need) in enumerate(plan):
             entry: dict = {"label": label, "version": version, "model_id": model_id}
             report["backbones"].append(entry)
-            if not budget.allows(need["build"] + need["throughput"]):
+            if not budget.allows((60 if args.quick else build_need) + need["throughput"]):
                 report["skipped"].append(f"{label}: everything (time budget)")
                 continue
             try:

@@ -37,9 +37,9 @@ from PIL import Image
 
 from serving import dynamic_depth
 from serving.backbones import EncoderView, load_backbone
-from serving.bundles import ModelLoadError, hash_tree, read_bundle, sha256_file
-from serving.checkpoints import (CONFIG_FILE, PREPROCESSOR_FILE, check_config_matches, preprocess_from_checkpoint,
-                                 read_config, weight_files, weights_digest)
+from serving.bundles import ModelLoadError, read_bundle, sha256_file
+from serving.checkpoints import (CONFIG_FILE, MODEL_TYPE, PREPROCESSOR_FILE, check_config_matches,
+                                 preprocess_from_checkpoint, read_config, weight_files, weights_digest)
 from serving.manifest import Manifest, ManifestError, load_manifest, manifest_sha256
 from serving.pipeline import MODEL_SET_FILE, RANDOM_INIT_NOTICE, Pipeline
 from serving.preprocess import Preprocess
@@ -96,7 +96,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
     config = read_config(backbone_dir)
     if options.check_size:
         check_config_matches(config, family, model_id, f"backbone {backbone_dir}")
-    elif config.get("model_type") != {"dinov2": "dinov2", "dinov3": "dinov3_vit"}[family]:
+    elif config.get("model_type") != MODEL_TYPE[family]:
         raise ModelLoadError(f"backbone {backbone_dir}: model_type {config.get('model_type')!r} is not {family}")
     weights = weight_files(backbone_dir)
     device = check_device(options.device)
@@ -121,9 +121,10 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
     _prepare_work_dir(work, stamp, say)
 
     # 1. the checkpoint, copied into the set
-    if not _backbone_copied(work / "backbone", backbone_dir):
+    digest = weights_digest(backbone_dir)
+    if not _backbone_copied(work / "backbone", digest):
         say(f"copying the checkpoint into {work / 'backbone'}")
-        _copy_backbone(backbone_dir, work / "backbone", weights)
+        _copy_backbone(backbone_dir, work / "backbone", weights, digest)
     num_layers = int(config["num_hidden_layers"])
     policy = dynamic_depth.DepthPolicy.from_fraction(manifest.dynamic_blocks.enabled,
                                                      manifest.dynamic_blocks.min_blocks_fraction, 1.0, num_layers)
@@ -155,7 +156,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
                          manifest.adapter_spec.ood_acceptance_rate, random_init=options.random_init,
                          synthetic=options.synthetic, device=device, exit_depths=exits,
                          checkpoint=work / ".checkpoints" / f"{crop}.pt",
-                         feature_batch_size=options.feature_batch_size)
+                         feature_batch_size=options.feature_batch_size, backbone_sha256=digest)
         adapter_metrics[crop] = train_adapter(job, ImageFiles(paths, preprocess, options.workers), torch.tensor(labels),
                                               adir, progress)
     shutil.rmtree(work / ".checkpoints", ignore_errors=True)
@@ -167,7 +168,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
         "notice": RANDOM_INIT_NOTICE if options.random_init else None,
         "backbone_config": {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                        "patch_size", "image_size")},
-        "backbone_sha256": weights_digest(work / "backbone"),
+        "backbone_sha256": digest,
         "preprocess": {**preprocess.to_dict(), "source": pre_source},
         "classes": {crop: list(manifest.crops[crop]) for crop in data},
         "training": training.model_dump(),
@@ -176,7 +177,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
         "dynamic_depth": {"enabled": False},
         "stamp": stamp, **options.extra,
     }
-    _write_set_json(work, doc)
+    hashes = _write_set_json(work, doc)
     held = _heldout_sample(data, splits, options.calibration_images)
     if manifest.dynamic_blocks.enabled:
         say(f"calibrating the early-exit threshold on {len(held)} held-out images")
@@ -186,15 +187,19 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
         doc["dynamic_depth"] = {"enabled": True, "min_blocks": pipe.policy.min_blocks,
                                 "min_blocks_fraction": dyn.min_blocks_fraction, "manifest_threshold": dyn.threshold,
                                 "target_agreement": dyn.target_agreement, **result.to_dict()}
-        _write_set_json(work, doc)
+        _write_set_json(work, doc, hashes)
         del pipe
     say(f"comparing serving-dtype and fp32 decisions on {len(held)} held-out images")
     doc["dtype_agreement"] = dtype_agreement(work, manifest, _open_all(held), device)
-    _write_set_json(work, doc)
+    if doc["dtype_agreement"].get("meets_target") is False:
+        agree = doc["dtype_agreement"]
+        say(f"warning: {agree['serving_dtype']} and float32 decide alike on only {agree['agreement']:.4f} of "
+            f"{agree['images']} held-out images (target {DTYPE_AGREEMENT_TARGET}); consider dtype: float32 in the manifest")
+    _write_set_json(work, doc, hashes)
     say("recording the golden set from held-out images")
     doc["golden"] = _record_golden(work, manifest, data, splits, options.golden_per_crop, device)
     doc["build_seconds"] = round(time.perf_counter() - t0, 1)
-    _write_set_json(work, doc)
+    _write_set_json(work, doc, hashes)
     _move_into_place(work, out_dir)
     say(f"wrote {out_dir} in {time.perf_counter() - t0:.0f}s")
     return out_dir
@@ -276,7 +281,9 @@ def dtype_agreement(model_dir: Path, manifest: Manifest, images: list[Image.Imag
     del serving
     b = _decisions(Pipeline.load(model_dir, manifest, device=device, verify=False, dtype="float32"), images, batch_size)
     same = sum(x == y for x, y in zip(a, b))
-    return {**result, "agreement": same / max(1, len(images)), "differing": len(images) - same}
+    agreement = same / max(1, len(images))
+    return {**result, "agreement": agreement, "differing": len(images) - same,
+            "meets_target": agreement >= DTYPE_AGREEMENT_TARGET}
 
 
 def _decisions(pipe: Pipeline, images: list[Image.Image], batch_size: int) -> list[tuple]:
@@ -351,24 +358,37 @@ def _bundle_done(directory: Path, kind: str) -> bool:
         return False
 
 
-def _backbone_copied(dest: Path, src: Path) -> bool:
+def _backbone_copied(dest: Path, digest: str) -> bool:
     marker = dest / ".complete"
-    return marker.is_file() and marker.read_text().strip() == weights_digest(src)
+    return marker.is_file() and marker.read_text().strip() == digest
 
 
-def _copy_backbone(src: Path, dest: Path, weights: list[str]) -> None:
+def _copy_backbone(src: Path, dest: Path, weights: list[str], digest: str) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for name in [CONFIG_FILE, PREPROCESSOR_FILE, *weights]:
         if (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
-    (dest / ".complete").write_text(weights_digest(src) + "\n")
+    if weights_digest(dest) != digest:
+        raise ModelLoadError(f"copying {src} into {dest} changed the weights (disk full or failing?)")
+    (dest / ".complete").write_text(digest + "\n")
 
 
-def _write_set_json(directory: Path, doc: dict) -> None:
-    doc = {**doc, "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-           "files": hash_tree(directory, skip=(MODEL_SET_FILE, ".stamp", "backbone/.complete"))}
+_SKIP = (MODEL_SET_FILE, ".stamp", "backbone/.complete")
+
+
+def _write_set_json(directory: Path, doc: dict, known: dict[str, str] | None = None) -> dict[str, str]:
+    """Write model_set.json with the sha256 of every file; `known` hashes are reused (large weights
+    are hashed once per build, not at every rewrite). Returns the hashes."""
+    known = known or {}
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory).as_posix()
+        if p.is_file() and rel not in _SKIP and not rel.startswith(".checkpoints/"):
+            files[rel] = known.get(rel) or sha256_file(p)
+    doc = {**doc, "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(), "files": files}
     (directory / MODEL_SET_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return files
 
 
 def _move_into_place(work: Path, out_dir: Path) -> None:

@@ -41,9 +41,9 @@ SET_FORMAT = 2
 # Sizes: the demo set must train in a few minutes on 2 CPU cores and still reach the accuracy
 # and OOD targets on held-out synthetic images; the tiny set only has to exercise every path.
 DEMO = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 112, "dinov3": 112},
-        "resize_size": 128, "canvas": 144, "per_class": 100, "calibration_per_class": 30, "epochs": None, "batch_size": None}
+        "resize_size": 128, "canvas": 144, "per_class": 100, "epochs": None, "batch_size": None}
 TINY = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 2, "initializer_range": 0.1, "image_size": {"dinov2": 56, "dinov3": 64},
-        "resize_size": 72, "canvas": 80, "per_class": 10, "calibration_per_class": 4, "epochs": 2, "batch_size": 16}
+        "resize_size": 72, "canvas": 80, "per_class": 10, "epochs": 2, "batch_size": 16}
 # The code that decides what the weights and statistics of a set are (not how they are served).
 _STAMPED_SOURCES = ("backbones.py", "build_model_set.py", "checkpoints.py", "dynamic_depth.py", "ood.py",
                     "preprocess.py", "router.py", "synthetic.py", "train.py")

@@ -22,7 +22,7 @@ from serving import dynamic_depth
 from serving import ood as ood_mod
 from serving.backbones import EncoderView, choose_device_dtype, load_backbone
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
-from serving.checkpoints import weights_digest
+from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.manifest import Manifest
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
@@ -155,6 +155,12 @@ class Pipeline:
         if int(pre.get("patch_size", PATCH_SIZE[family])) != PATCH_SIZE[family]:
             raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: patch size {pre.get('patch_size')} is not {family}'s")
 
+        model_id = doc.get("model_id", manifest.backbone.model_id)
+        if model_id not in [manifest.backbone.model_id, *manifest.backbone.variants]:
+            raise ModelLoadError(f"{model_dir / MODEL_SET_FILE}: model_id {model_id} is neither the manifest's "
+                                 f"{manifest.backbone.model_id} nor one of its variants")
+        if not doc.get("random_init"):  # a demo stand-in is smaller than the model it stands for
+            check_config_matches(read_config(model_dir / "backbone"), family, model_id, f"model set {model_dir}")
         dev, dt = choose_device_dtype(device, dtype or manifest.backbone.dtype)
         # Loaded on the CPU with its adapters, then moved as a whole (peft loads into real tensors).
         backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
@@ -194,7 +200,7 @@ class Pipeline:
         policy = dynamic_depth.DepthPolicy.from_fraction(dyn_cfg.enabled, dyn_cfg.min_blocks_fraction, threshold,
                                                          view.num_layers)
         if policy.enabled:
-            exits = set(range(max(policy.min_blocks, 1), view.num_layers))
+            exits = set(dynamic_depth.exit_depths(policy, view.num_layers))
             lacking = [name for name, ood in [("router", router.ood)] + [(c, a.ood) for c, a in adapters.items()]
                        if not exits <= set(ood.by_depth)]
             if lacking:

@@ -280,7 +280,9 @@ async def _diagnose_one(rt: Runtime, item: DiagnoseItem, decode_ms: float) -> di
         "confidence": _num(d.confidence),
         "ood_score": _num(d.ood_score),
         "router_ood_score": _num(d.router_ood_score),
-        "backbone": {"family": rt.manifest.backbone.family, "model_id": rt.manifest.backbone.model_id},
+        # The checkpoint served (the manifest's model_id or one of its variants), as the model set records it.
+        "backbone": {"family": rt.manifest.backbone.family,
+                     "model_id": rt.pipeline.info.get("model_id", rt.manifest.backbone.model_id)},
         "version": rt.manifest.version,
         "blocks_used": int(d.blocks_used),
         "batch_size": batched.batch_size,

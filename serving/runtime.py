@@ -171,7 +171,7 @@ class Runtime:
         self.metrics.model_info.labels(
             version=self.manifest.version,
             family=str(info.get("family", self.manifest.backbone.family)),
-            model_id=self.manifest.backbone.model_id,
+            model_id=str(info.get("model_id", self.manifest.backbone.model_id)),
             random_init=str(bool(info.get("random_init", False))).lower(),
         ).set(1)
         batcher: MicroBatcher[DiagnoseItem, Any] = MicroBatcher(

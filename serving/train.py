@@ -1,12 +1,14 @@
 """Fine-tune one crop adapter (LoRA + linear head), calibrate its OOD check, export the bundle.
 
     python -m serving.train --version-dir versions/v5.5.4-dinov3 --data DIR --crop tomato \
-        --backbone build/models/v5.5.4-dinov3/backbone --out build/models/v5.5.4-dinov3/adapters/tomato
+        --backbone build/models/v5.5.4-dinov3/backbone --out /tmp/tomato [--device cuda]
 
 DIR is an ImageFolder: one sub-folder per class of the crop, named as in the adapter spec.
 The training parameters (learning rate, batch size, epochs, held-out fraction, seed) come from
 the manifest and can be overridden. The held-out split is never trained on: it sets the OOD
-thresholds and gives the reported accuracy.
+thresholds and gives the reported accuracy. Images are decoded from disk batch by batch
+(`ImageFiles`), never held all at once. A whole model set (router, every adapter, calibration,
+hashes) is built by `python -m serving.build_model_set`, which uses `train_adapter` from here.
 """
 
 from __future__ import annotations
@@ -116,17 +118,6 @@ def as_source(images: "ImageSource | torch.Tensor") -> ImageSource:
     return ImageTensor(images) if isinstance(images, torch.Tensor) else images
 
 
-def load_images(paths: list[Path], preprocess: Preprocess, progress: Progress | None = None) -> torch.Tensor:
-    """Every image of `paths` in memory (small sets only; see ImageFiles for streaming)."""
-    files = ImageFiles(paths, preprocess, workers=1)
-    out = []
-    for n in range(len(paths)):
-        out.append(files.load([n])[0])
-        if progress and (n + 1 == len(paths) or (n + 1) % 50 == 0):
-            progress("load images", n + 1, len(paths))
-    return torch.stack(out)
-
-
 def batches(source: ImageSource, indices: list[int], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(indices, images) in order, the next batch decoded in the background while this one is used."""
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -215,6 +206,7 @@ class AdapterJob:
     exit_depths: tuple[int, ...] = ()     # blocks early exit may stop at: OOD statistics for each
     checkpoint: Path | None = None        # per-epoch training state, to resume after an interruption
     feature_batch_size: int = 64
+    backbone_sha256: str | None = None    # known digest of the backbone's weights (saves re-hashing them)
 
 
 def train_adapter(job: AdapterJob, images: "ImageSource | torch.Tensor", labels: torch.Tensor, out_dir: str | Path,
@@ -309,7 +301,7 @@ def train_adapter(job: AdapterJob, images: "ImageSource | torch.Tensor", labels:
         write_bundle(tmp, {
             "kind": "adapter", "crop": job.crop, "classes": list(job.classes), "family": job.family,
             "feature": "cls+mean_patch",
-            "backbone_sha256": weights_digest(job.backbone_dir),
+            "backbone_sha256": job.backbone_sha256 or weights_digest(job.backbone_dir),
             "lora": job.lora.model_dump(), "training": tr.model_dump(),
             "ood_acceptance_rate": job.acceptance_rate, "ood_shrinkage": ood.shrinkage,
             "ood_thresholds": {c: round(float(t), 6) for c, t in zip(job.classes, ood.thresholds)},

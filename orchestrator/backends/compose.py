@@ -921,6 +921,9 @@ def parse_gpu_memory(text: str) -> tuple[int, int] | None:
 
 def gpu_room_verdict(free_mib: int, total_mib: int) -> str | None:
     """A second model needs about what the live one holds (total - free) plus headroom."""
+    # TODO(gpu-check): the 1.1x + 512 MiB headroom is a guess. `make gpu-check` measures the peak
+    # device memory of each version serving batch 32 (gpu_check.json: backbones[].throughput.
+    # peak_reserved_mib, plus ~500 MiB of CUDA context); put those figures here once measured.
     used = total_mib - free_mib
     need = int(used * 1.1) + 512
     if free_mib < need:

@@ -51,6 +51,7 @@ def shallow(inputs, tmp_path_factory):
             for family, (version, model_id, _ckpt, data) in inputs.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_builds_a_set_that_serves_with_random_init_false(inputs, tmp_path, family):
     from tests.api.conftest import b64, png_bytes, serve
@@ -85,12 +86,20 @@ def test_builds_a_set_that_serves_with_random_init_false(inputs, tmp_path, famil
         leaf = synthetic.leaf_image(next(iter(manifest.crops)), "healthy", 1, seed=9, size=80)
         answer = svc.client.post("/v1/diagnose", json={"image": b64(png_bytes(leaf))})
         assert answer.status_code == 200, answer.text
+        assert answer.json()["backbone"]["model_id"] == model_id  # the variant served, not the default
     # golden decisions are what the set gives its golden images
     pipe = Pipeline.load(out, manifest)
     from PIL import Image
 
     got = pipe.diagnose([Image.open(out / "golden" / g["image"]).convert("RGB") for g in golden], [None] * len(golden))
     assert [(d.decision, d.crop, d.disease) for d in got] == [(g["decision"], g["crop"], g["disease"]) for g in golden]
+    # a set that claims another size than its checkpoint is refused at load
+    doc = json.loads((out / "model_set.json").read_text())
+    (out / "model_set.json").write_text(json.dumps({**doc, "model_id": manifest.backbone.model_id}))
+    from serving.bundles import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="hidden_size 384 is not the 768"):
+        Pipeline.load(out, manifest)
 
 
 def test_an_interrupted_build_resumes(shallow, tmp_path):

@@ -12,8 +12,6 @@ from PIL import Image
 from serving import dynamic_depth, ood, synthetic
 from serving.backbones import EncoderView, choose_device_dtype, random_backbone
 from serving.bundles import ModelLoadError
-from serving.checkpoints import (SAT_MEAN, check_config_matches, official_preprocessor, preprocess_from_checkpoint,
-                                 weights_digest, write_random_checkpoint)
 from serving.pipeline import Pipeline
 from serving.preprocess import Preprocess
 from tests.device_check import DeviceMixCheck
@@ -149,26 +147,28 @@ def test_rope_stays_in_eval_mode_while_adapters_train(tmp_path):
     backbone = random_backbone("dinov3", image_size=32, **SMALL)
     assert backbone.config.pos_embed_rescale  # the official config rescales positions in train mode
     backbone.save_pretrained(str(tmp_path / "bb"))
-    seen = []
-    from serving.backbones import ROPE_MODULES
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTRopePositionEmbedding as Rope
 
-    original = ROPE_MODULES[0].forward
+    seen = []
+    original = Rope.forward
 
     def spy(self, pixel_values):
         seen.append(self.training)
         return original(self, pixel_values)
 
-    ROPE_MODULES[0].forward = spy
+    Rope.forward = spy
     try:
         job = AdapterJob("pepper", ["a", "b"], "dinov3", tmp_path / "bb", LoRA(rank=2, alpha=4),
                          Training(epochs=1, batch_size=4), 0.9)
         train_adapter(job, torch.randn(10, 3, 32, 32), torch.tensor([0, 1] * 5), tmp_path / "out")
     finally:
-        ROPE_MODULES[0].forward = original
+        Rope.forward = original
     assert seen and not any(seen)
 
 
 def test_preprocessing_follows_the_checkpoints_preprocessor_config(tmp_path):
+    from serving.checkpoints import SAT_MEAN, official_preprocessor, preprocess_from_checkpoint
+
     v3 = tmp_path / "v3"
     v3.mkdir()
     (v3 / "preprocessor_config.json").write_text(json.dumps(official_preprocessor(
@@ -198,6 +198,8 @@ def test_square_resize_keeps_the_whole_image():
 
 
 def test_backbone_config_is_checked_against_the_model_id(tmp_path):
+    from serving.checkpoints import check_config_matches, write_random_checkpoint
+
     ckpt = write_random_checkpoint("facebook/dinov3-vits16-pretrain-lvd1689m", tmp_path / "s",
                                    overrides={"num_hidden_layers": 1})
     config = json.loads((ckpt / "config.json").read_text())
@@ -210,6 +212,7 @@ def test_backbone_config_is_checked_against_the_model_id(tmp_path):
 
 def test_sharded_checkpoint_has_one_digest_and_loads(tmp_path):
     from serving.backbones import load_backbone
+    from serving.checkpoints import weights_digest, write_random_checkpoint
 
     ckpt = write_random_checkpoint("facebook/dinov3-vits16-pretrain-lvd1689m", tmp_path / "s", max_shard_size="5MB",
                                    overrides={"num_hidden_layers": 2})
