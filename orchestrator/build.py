@@ -32,15 +32,16 @@ from orchestrator.errors import EngineError, OrchestratorError, UsageError
 from orchestrator.ledger import Build
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.resolve import known_version
+from orchestrator.variants import VARIANTS
 from serving.manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 
-VARIANTS = ("cuda", "cpu")
 DEFAULT_BASE = {"cuda": "python:3.11-slim-bookworm", "cpu": "aads-base:bookworm"}
 LOCAL_BASE = "aads-base:bookworm"
 CUDA_TORCH = "torch==2.13.0"
 CPU_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
 WHEEL_DIRS = ("/opt/wheels",)
 READY_TIMEOUT_S = 300.0
+VARIANT_LABEL = "aads.variant"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_HINT = "python -m serving.demo_models --version-dir {version_dir} --out {models}"
 
@@ -259,7 +260,7 @@ def buildargs(p: BuildPlan) -> dict[str, str]:
     return {
         "BASE_IMAGE": p.base_image, "TORCH": p.torch, "VERSION": p.version, "REVISION": p.revision,
         "CREATED": p.created, "SOURCE": p.source, "BACKBONE": backbone_label(p.manifest),
-        "MANIFEST_SHA256": p.manifest_sha256,
+        "MANIFEST_SHA256": p.manifest_sha256, "VARIANT": p.variant,
     }
 
 

@@ -42,6 +42,9 @@ class ComposeTarget(_Strict):
     # The watch window fails (and flips back) above this share of 5xx/failed requests through the edge.
     watch_max_error_rate: float = Field(0.0, ge=0, le=1)
     gpu: Literal["auto", "on", "off"] = "auto"
+    # Which image of a version the slots run: cuda (`<repo>:<version>`), cpu (`<version>-cpu`),
+    # auto: cuda when the GPU check (`gpu`) sees a GPU, else cpu.
+    variant: Literal["auto", "cuda", "cpu"] = "auto"
 
 
 class KubernetesTarget(_Strict):
@@ -52,6 +55,8 @@ class KubernetesTarget(_Strict):
     deployment: str = "aads-serving"
     container: str = "serving"
     timeout_s: float = Field(600, gt=0)
+    # auto: the Deployment's overlay decides (a container asking for nvidia.com/gpu runs cuda).
+    variant: Literal["auto", "cuda", "cpu"] = "auto"
 
 
 Target = ComposeTarget | KubernetesTarget

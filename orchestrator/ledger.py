@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator.errors import LedgerError
+from orchestrator.variants import VARIANTS
 
 LEDGER_FILE = "ledger.sqlite3"
 SCHEMA_VERSION = 2
-VARIANTS = ("cuda", "cpu")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
