@@ -57,8 +57,11 @@ def version_state(ctx: Context, version: str) -> dict[str, Any]:
         vb, vp = ledger.latest_build(version, v), ledger.latest_push(version, v)
         variants[v] = {"tag": registry_tag(version, v), "state": "pushed" if vp else "built" if vb else None,
                        "build": _build_dict(vb), "push": _push_dict(vp)}
+    # Pushes from before variant tags: a CPU image under the plain tag, which belongs to the CUDA image.
+    misplaced = sorted({f"{p.tag} holds the {p.variant} image {_short(p.digest)}" for p in ledger.pushes(version)
+                        if p.tag != registry_tag(version, p.variant)})
     row.update(
-        state=state, live_on=live, variants=variants,
+        state=state, live_on=live, variants=variants, misplaced_tags=misplaced,
         build=_build_dict(build), push=_push_dict(push),
         failed_digests={d: [f"{m['target']}: {m['reason']}" for m in failed_marks[d]] for d in failed},
         manifest_changed_since_push=bool(frozen_sha and row["manifest_sha256"] and frozen_sha != row["manifest_sha256"]),
@@ -191,6 +194,8 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
             + (["manifest changed after push: the version is frozen, make a new one"]
                if r["manifest_changed_since_push"] else [])
             + [f"failed digest {_short(d)}: {'; '.join(why)}" for d, why in r["failed_digests"].items()]
+            + [f"{m} (pushed before variant tags): delete that tag in the registry before pushing the CUDA image"
+               for m in r["misplaced_tags"]]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     for line in lines:

@@ -144,3 +144,17 @@ def test_push_of_a_missing_variant_names_the_build_to_run(project, capsys):
     code = main(["push", V, "--variant", "cuda"])
     err = capsys.readouterr().err
     assert code == 2 and f"orchestrator build {V} --variant cuda" in err
+
+
+def test_list_flags_a_cpu_image_under_the_plain_tag(project, capsys):
+    """A ledger from before variant tags: its CPU push took the CUDA image's tag."""
+    led = Ledger(project / "state")
+    b = led.record_build(version=V, variant="cpu", image_id="sha256:" + "1" * 64,
+                         manifest_sha256=manifest_sha256(project / "versions" / V), git_commit="x", size_bytes=1,
+                         golden=[])
+    led.record_push(version=V, build_id=b.id, repository="127.0.0.1:1/aads-unit", tag=V, digest="sha256:" + "2" * 64)
+    assert main(["list", "--json"]) == 0
+    rows = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[V]["misplaced_tags"] == [f"{V} holds the cpu image sha256:{'2' * 12}"]
+    assert main(["list"]) == 0
+    assert "delete that tag in the registry" in capsys.readouterr().out
