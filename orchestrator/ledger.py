@@ -229,9 +229,8 @@ def refuse_lost_ledger(state_dir: Path, path: Path) -> None:
             target = found.relative_to(state_dir).parts[1]
             raise LedgerError(
                 f"the ledger {path} is missing, but {found} says target {target} had a live version: "
-                f"restore the ledger (`orchestrator backup restore ARCHIVE`, or the file from your backups); "
-                f"to start a new ledger anyway, stop the stack (`docker compose -p PROJECT down`) and remove "
-                f"{state_dir / 'compose' / target}"
+                f"put the ledger file back from your backups of {state_dir}; to start a new, empty ledger "
+                f"instead, stop that target's stack and remove {state_dir / 'compose' / target}"
             )
 
 

@@ -263,7 +263,7 @@ def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
 @click.command("verify")
 @click.argument("version")
 @click.option("--variant", type=click.Choice(["cuda", "cpu"]),
-              help="the variant to check [default: cuda when it is pushed, else cpu]")
+              help="the variant to check [default: cuda when it is pushed, else the last pushed or built]")
 @click.option("--no-start", is_flag=True, help="check registry, labels and user only; do not start the image")
 @click.option("--timeout", "timeout_s", type=float, default=300, show_default=True, help="seconds to wait for /ready")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
@@ -280,8 +280,9 @@ def verify_cmd(ctx: Context, version: str, variant: str | None, no_start: bool, 
     from orchestrator.verify import VerifyFailed, verify
 
     known_version(ctx, version)
-    if variant is None:
-        variant = "cuda" if ctx.ledger.latest_push(version, "cuda") else "cpu"
+    if variant is None:  # the version's image (CUDA) when pushed, else what was pushed or built last
+        last = ctx.ledger.latest_push(version) or ctx.ledger.latest_build(version)
+        variant = "cuda" if ctx.ledger.latest_push(version, "cuda") else last.variant if last else "cuda"
     report = verify(ctx, version, variant=variant, start=not no_start, ready_timeout_s=timeout_s)
     if as_json:
         ctx.emit_json(report.to_dict())

@@ -124,7 +124,7 @@ def test_a_deleted_ledger_is_reported_when_a_version_was_live(tmp_path, evidence
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("BLUE_IMAGE=127.0.0.1:5000/aads-ulora@sha256:" + "1" * 64 + "\n")
     (state / LEDGER_FILE).unlink()
-    with pytest.raises(LedgerError, match=r"ledger .* is missing.*target local.*backup restore"):
+    with pytest.raises(LedgerError, match=r"ledger .* is missing.*target local.*from your backups.*remove .*compose/local"):
         Ledger(state)
     assert not (state / LEDGER_FILE).exists(), "no empty ledger may be created in its place"
 
