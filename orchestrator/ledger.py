@@ -211,11 +211,11 @@ def _row(cls: type, row: sqlite3.Row | None):
         try:
             values[k] = json.loads(row[k]) if k in _JSON_COLUMNS else row[k]
         except (TypeError, ValueError) as e:
-            raise LedgerError(f"ledger {where} is damaged ({k}: {e}): restore the ledger from a backup "
-                              f"(`orchestrator backup restore`) or repair the row") from None
+            raise LedgerError(f"ledger {where} is damaged ({k}: {e}): repair the row or put the ledger "
+                              f"file back from a backup of the state dir") from None
     if "variant" in values and values["variant"] not in VARIANTS:
         raise LedgerError(f"ledger {where} is damaged (variant {values['variant']!r}, expected cuda or cpu): "
-                          f"repair the row or restore the ledger from a backup")
+                          f"repair the row or put the ledger file back from a backup of the state dir")
     try:
         return cls(**values)
     except TypeError as e:
@@ -269,9 +269,15 @@ class Ledger:
         if current > SCHEMA_VERSION:
             raise LedgerError(f"the ledger at {self.path} has schema {current}, newer than this orchestrator's "
                               f"{SCHEMA_VERSION}: upgrade the orchestrator (an older one must not write to it)")
+        self._migrate_from(current)
+
+    def _migrate_from(self, current: int) -> None:
+        """Run MIGRATIONS after schema `current` (as read before taking the write lock)."""
         for target in range(current + 1, SCHEMA_VERSION + 1):
             try:
                 with self.transaction() as db:
+                    if db.execute("PRAGMA user_version").fetchone()[0] >= target:
+                        continue  # another process migrated it while this one waited for the lock
                     MIGRATIONS[target](db)
                     db.execute(f"PRAGMA user_version = {target}")
             except sqlite3.Error as e:

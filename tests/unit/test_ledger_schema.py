@@ -157,3 +157,16 @@ def test_a_row_with_an_unknown_variant_is_damaged(tmp_path):
     with pytest.raises(LedgerError, match=rf"builds row {b.id} is damaged \(variant 'tpu'"):
         led.latest_build(V)
     led.close()
+
+
+def test_two_processes_opening_an_old_ledger_at_once_migrate_it_once(tmp_path):
+    """Both read schema 1 before either took the write lock: the one that comes second skips the step."""
+    state = tmp_path / "state"
+    old_ledger(state)
+    led = Ledger(state)  # the first process migrated it
+    try:
+        led._migrate_from(1)  # the second still believes it saw schema 1
+        assert user_version(state) == SCHEMA_VERSION
+        assert [p.variant for p in led.pushes(V)] == ["cpu", "cuda"]
+    finally:
+        led.close()
