@@ -158,3 +158,19 @@ def test_list_flags_a_cpu_image_under_the_plain_tag(project, capsys):
     assert rows[V]["misplaced_tags"] == [f"{V} holds the cpu image sha256:{'2' * 12}"]
     assert main(["list"]) == 0
     assert "delete that tag in the registry" in capsys.readouterr().out
+
+
+def test_a_compose_switch_resolves_the_variant_it_deploys_and_says_so(project, monkeypatch, capsys):
+    monkeypatch.setenv("AADS_TARGET_LOCAL_IMAGE_SOURCE", "local")  # no registry to ask in a unit test
+    monkeypatch.setattr("orchestrator.backends.compose.gpu_memory", lambda: None)
+    led = Ledger(project / "state")
+    _, cpu = record(led, project, "cpu", "1")
+    _, cuda = record(led, project, "cuda", "3")  # pushed later: "latest push" alone would pick it
+    ctx = Context()
+    backend = ComposeBackend(ctx, *ctx.config.target("local"))
+    cand = backend.resolve(V)
+    assert (cand.deployable.variant, cand.digest) == ("cpu", cpu.digest)
+    assert "target local deploys the cpu variant (variant: auto, no GPU visible)" in capsys.readouterr().err
+    monkeypatch.setenv("AADS_TARGET_LOCAL_VARIANT", "cuda")
+    ctx = Context()
+    assert ComposeBackend(ctx, *ctx.config.target("local")).resolve(V).digest == cuda.digest
