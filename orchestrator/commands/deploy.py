@@ -145,7 +145,7 @@ def register(cli: click.Group) -> None:
     @_json_option
     @click.pass_obj
     def status_cmd(obj: Context, target: str | None, as_json: bool) -> None:
-        """Live version, digest, slot, health and since when; the previous version; drift.
+        """Live version and its variant (cuda|cpu), digest, slot, health, since when; the previous version; drift.
 
         Drift is any difference between the host and the ledger (a slot running an image the
         ledger does not know, an edge sending traffic elsewhere): the next switch repairs it.
@@ -163,7 +163,7 @@ def register(cli: click.Group) -> None:
     @_json_option
     @click.pass_obj
     def history_cmd(obj: Context, target: str | None, limit: int | None, as_json: bool) -> None:
-        """Every up, switch and rollback on the target: when, from -> to, outcome, phases, who.
+        """Every up, switch and rollback on the target: when, from -> to (variant), outcome, phases, who.
 
         The success rate counts succeeded against failed, reverted and interrupted switches over
         the shown range (no-ops are not counted). Digests that failed a switch are marked.
