@@ -819,7 +819,8 @@ class ComposeBackend:
                                "interrupted": interrupted, "switch_running": running}
         if live is not None:
             out["live"] = {"version": live.version, "digest": live.digest, "image": live.image_ref,
-                           "variant": self.ctx.ledger.variant_of_digest(live.digest), "slot": live.slot, "since": live.since, "health": self.edge_health()}
+                           "variant": self.ctx.ledger.variant_of_digest(live.digest), "slot": live.slot,
+                           "since": live.since, "health": self.edge_health()}
             if live.previous_version:
                 warm = self.slot_runs(live.previous_slot, live.previous_image_ref) if live.previous_slot else False
                 out["previous"] = {"version": live.previous_version, "digest": live.previous_digest,
