@@ -113,7 +113,9 @@ def _run(ctx: Context, version: str, variant: str, report: Report, start: bool, 
         bad.append(f"{VARIANT_LABEL}={labels.get(VARIANT_LABEL)!r} under the {variant} tag {d.push.tag}")
     if d.build.manifest_sha256 != sha:
         bad.append(f"versions/{version} changed since the build ({d.build.manifest_sha256[:12]} -> {sha[:12]})")
-    report.add("labels", not bad, "; ".join(bad) or f"version, backbone and manifest sha256 {sha[:12]} match")
+    shown = labels.get(VARIANT_LABEL) or f"{variant} (built before the {VARIANT_LABEL} label)"
+    report.add("labels", not bad, "; ".join(bad) or f"version, backbone, manifest sha256 {sha[:12]} and variant "
+                                                    f"{shown} match")
 
     user = (image.attrs.get("Config") or {}).get("User") or ""
     non_root = user not in ("", "0", "root") and not user.startswith(("0:", "root:"))
