@@ -41,8 +41,12 @@ def test_the_cpu_push_takes_the_cpu_tag_never_the_plain_one(built_versions):
         assert registry.tag_digest(version) != push["digest"]
 
 
+# One local tag keeps the suite's CUDA image (and so its 5 GB layers) cached between runs.
+CACHE_TAG = ("aads-test-cuda-cache", "latest")
+
+
 @pytest.fixture(scope="module")
-def cuda(built_versions, run_cli, tmp_path_factory):
+def cuda(built_versions, run_cli, tmp_path_factory, engine):
     """The CUDA variant of VERSION, built once, in a state dir and registry repository of its own."""
     root = tmp_path_factory.mktemp("cuda")
     config = yaml.safe_load(Path(built_versions.config_file).read_text())
@@ -53,7 +57,12 @@ def cuda(built_versions, run_cli, tmp_path_factory):
     env = {**built_versions.env, "AADS_CONFIG": str(root / "orchestrator.yaml")}
     build = json.loads(run_cli("build", VERSION, "--variant", "cuda", "--label", TEST_LABEL, "--json",
                                env=env).stdout)
-    return {"env": env, "build": build, "repository": config["registry"]}
+    yield {"env": env, "build": build, "repository": config["registry"]}
+    engine.images.get(build["image_id"]).tag(*CACHE_TAG)
+    for image in engine.images.list():
+        for tag in image.tags:
+            if tag.startswith(config["registry"] + ":"):
+                engine.api.remove_image(tag, noprune=False)
 
 
 def test_the_cuda_image_carries_its_labels_and_cuda_torch(cuda, engine):
