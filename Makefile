@@ -11,6 +11,8 @@ ORCH := $(VENV)/bin/orchestrator
 TORCH_SPEC ?= torch==2.13.0
 VERSIONS := v5.5.3-performance v5.5.4-dinov3
 MODELS_DIR := build/models
+# The variant `make images` builds: the one a compose target's `variant: auto` deploys on this host.
+VARIANT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -35,8 +37,9 @@ engine:  ## start a Docker engine + registry on 127.0.0.1:5000 + local base imag
 models: install  ## demo model sets (random-init backbones, synthetic adapters) in build/models/<version>
 	@for v in $(VERSIONS); do $(PY) -m serving.demo_models --version-dir versions/$$v --out $(MODELS_DIR)/$$v; done
 
-images: install engine models  ## build + push both versions (CPU variant)
-	@for v in $(VERSIONS); do $(ORCH) build $$v --variant cpu && $(ORCH) push $$v; done
+images: install engine models  ## build + push both versions in the variant `variant: auto` deploys here (cuda: <version>, cpu: <version>-cpu)
+	@echo "images: the $(VARIANT) variant ($(if $(filter cuda,$(VARIANT)),a GPU is visible,no GPU visible: the CPU image, tag <version>-cpu))"
+	@for v in $(VERSIONS); do $(ORCH) build $$v --variant $(VARIANT) && $(ORCH) push $$v --variant $(VARIANT); done
 
 demo: images  ## the whole story: deploy v5.5.3, switch to v5.5.4, roll back
 	bash scripts/demo.sh

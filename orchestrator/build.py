@@ -32,9 +32,9 @@ from orchestrator.errors import EngineError, OrchestratorError, UsageError
 from orchestrator.ledger import Build
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.resolve import known_version
+from orchestrator.variants import VARIANTS
 from serving.manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 
-VARIANTS = ("cuda", "cpu")
 # The public base by digest (a moved tag must not change an image); the local one is made and
 # checked by scripts/engine.sh.
 PYTHON_BASE = "python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b"
@@ -44,6 +44,7 @@ CUDA_TORCH = "torch==2.13.0"
 CPU_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
 WHEEL_DIRS = ("/opt/wheels",)
 READY_TIMEOUT_S = 300.0
+VARIANT_LABEL = "aads.variant"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_HINT = "python -m serving.demo_models --version-dir {version_dir} --out {models}"
 
@@ -263,7 +264,7 @@ def buildargs(p: BuildPlan) -> dict[str, str]:
     return {
         "BASE_IMAGE": p.base_image, "TORCH": p.torch, "VERSION": p.version, "REVISION": p.revision,
         "CREATED": p.created, "SOURCE": p.source, "BACKBONE": backbone_label(p.manifest),
-        "MANIFEST_SHA256": p.manifest_sha256,
+        "MANIFEST_SHA256": p.manifest_sha256, "VARIANT": p.variant,
     }
 
 

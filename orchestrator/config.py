@@ -44,6 +44,9 @@ class ComposeTarget(_Strict):
     gpu: Literal["auto", "on", "off"] = "auto"
     # API keys on the slots (a 0600 key file made at the first `up`); "off" only for demos.
     api_keys: Literal["on", "off"] = "on"
+    # Which image of a version the slots run: cuda (`<repo>:<version>`), cpu (`<version>-cpu`),
+    # auto: cuda when the GPU check (`gpu`) sees a GPU, else cpu.
+    variant: Literal["auto", "cuda", "cpu"] = "auto"
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -71,6 +74,8 @@ class KubernetesTarget(_Strict):
     # The manifests this target was applied from: the switch writes, next to its state, a
     # kustomization over them that pins what is live (re-applying it changes nothing).
     overlay: str = "k8s/overlays/cpu"
+    # auto: the Deployment's overlay decides (a container asking for nvidia.com/gpu runs cuda).
+    variant: Literal["auto", "cuda", "cpu"] = "auto"
 
 
 Target = ComposeTarget | KubernetesTarget

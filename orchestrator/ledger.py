@@ -3,6 +3,12 @@
 Every write is one transaction (BEGIN IMMEDIATE ... COMMIT), so a process killed mid-way leaves
 either the whole record or none of it. Manifests are never written back: the ledger is the only
 place that says what happened to a version.
+
+The schema carries its version in `PRAGMA user_version` (0: a ledger written before schema
+versions, the same tables as schema 1). Opening an older ledger runs the missing steps of
+MIGRATIONS, each in its own transaction with its version bump; a newer one is refused. A ledger
+that is gone while the compose state of a target says a version was live is reported, never
+recreated empty; a row that cannot be read back is a LedgerError naming it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from orchestrator.errors import LedgerError
+from orchestrator.variants import VARIANTS
 
 LEDGER_FILE = "ledger.sqlite3"
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -41,10 +49,11 @@ CREATE TABLE IF NOT EXISTS pushes (
     version TEXT NOT NULL,
     build_id INTEGER NOT NULL REFERENCES builds(id),
     repository TEXT NOT NULL,           -- e.g. 127.0.0.1:5000/aads-ulora
-    tag TEXT NOT NULL,
+    tag TEXT NOT NULL,                  -- <version> (cuda) or <version>-cpu, see orchestrator/variants.py
     digest TEXT NOT NULL,               -- sha256:... (registry manifest digest)
     pushed_at TEXT NOT NULL,
-    origin TEXT NOT NULL DEFAULT 'push'
+    origin TEXT NOT NULL DEFAULT 'push',
+    variant TEXT NOT NULL               -- cpu | cuda: the variant of the build pushed (schema 2)
 );
 CREATE TABLE IF NOT EXISTS live (
     target TEXT PRIMARY KEY,
@@ -94,6 +103,19 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+def _migrate_2(db: sqlite3.Connection) -> None:
+    """Schema 2: a push records its variant (one tag per variant); old pushes take their build's."""
+    db.execute("ALTER TABLE pushes ADD COLUMN variant TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE pushes SET variant = (SELECT variant FROM builds WHERE builds.id = pushes.build_id)")
+
+
+# MIGRATIONS[n] takes a schema n-1 ledger to schema n (inside a transaction the caller holds).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_2}
+
+# Files of the compose backend that exist only once a version went live on a target.
+LIVE_EVIDENCE = ("compose/*/compose.env", "compose/*/edge/haproxy.cfg")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -132,6 +154,7 @@ class Push:
     digest: str
     pushed_at: str
     origin: str
+    variant: str
 
     @property
     def image_ref(self) -> str:
@@ -175,29 +198,91 @@ class Switch:
 
 
 _JSON_COLUMNS = {"golden", "phases", "data"}
+_TABLES = {Build: "builds", Push: "pushes", Live: "live", Switch: "switches"}
 
 
 def _row(cls: type, row: sqlite3.Row | None):
     if row is None:
         return None
-    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}
-    return cls(**values)
+    keys = row.keys()
+    where = f"{_TABLES.get(cls, cls.__name__)} row {row['id'] if 'id' in keys else row[keys[0]]}"
+    values: dict[str, Any] = {}
+    for k in keys:
+        try:
+            values[k] = json.loads(row[k]) if k in _JSON_COLUMNS else row[k]
+        except (TypeError, ValueError) as e:
+            raise LedgerError(f"ledger {where} is damaged ({k}: {e}): repair the row or put the ledger "
+                              f"file back from a backup of the state dir") from None
+    if "variant" in values and values["variant"] not in VARIANTS:
+        raise LedgerError(f"ledger {where} is damaged (variant {values['variant']!r}, expected cuda or cpu): "
+                          f"repair the row or put the ledger file back from a backup of the state dir")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise LedgerError(f"ledger {where} does not fit this orchestrator ({e})") from None
+
+
+def refuse_lost_ledger(state_dir: Path, path: Path) -> None:
+    """A missing ledger is created only where nothing says a version was ever live."""
+    for pattern in LIVE_EVIDENCE:
+        for found in sorted(state_dir.glob(pattern)):
+            target = found.relative_to(state_dir).parts[1]
+            raise LedgerError(
+                f"the ledger {path} is missing, but {found} says target {target} had a live version: "
+                f"put the ledger file back from your backups of {state_dir}; to start a new, empty ledger "
+                f"instead, stop that target's stack and remove {state_dir / 'compose' / target}"
+            )
 
 
 class Ledger:
-    """Open (and create) the ledger in `state_dir`."""
+    """Open (and create) the ledger in `state_dir`, migrating an older schema."""
 
     def __init__(self, state_dir: str | Path):
         self.path = Path(state_dir) / LEDGER_FILE
+        if not self.path.exists():
+            refuse_lost_ledger(Path(state_dir), self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise LedgerError(f"cannot open the ledger at {self.path}: {e}") from None
+        try:
+            self._upgrade()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _upgrade(self) -> None:
+        """Create the schema in an empty ledger, or migrate an older one step by step."""
+        try:
+            found = self._db.execute("PRAGMA user_version").fetchone()[0]
+            empty = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
+            if empty:  # CREATE ... IF NOT EXISTS: two processes creating it at once agree
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+                return
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot open the ledger at {self.path}: {e}") from None
+        current = max(found, 1)  # 0: written before schema versions, the tables of schema 1
+        if current > SCHEMA_VERSION:
+            raise LedgerError(f"the ledger at {self.path} has schema {current}, newer than this orchestrator's "
+                              f"{SCHEMA_VERSION}: upgrade the orchestrator (an older one must not write to it)")
+        self._migrate_from(current)
+
+    def _migrate_from(self, current: int) -> None:
+        """Run MIGRATIONS after schema `current` (as read before taking the write lock)."""
+        for target in range(current + 1, SCHEMA_VERSION + 1):
+            try:
+                with self.transaction() as db:
+                    if db.execute("PRAGMA user_version").fetchone()[0] >= target:
+                        continue  # another process migrated it while this one waited for the lock
+                    MIGRATIONS[target](db)
+                    db.execute(f"PRAGMA user_version = {target}")
+            except sqlite3.Error as e:
+                raise LedgerError(f"migrating the ledger at {self.path} from schema {target - 1} to {target} "
+                                  f"failed ({e}); it is left at schema {target - 1}") from None
 
     def close(self) -> None:
         self._db.close()
@@ -214,11 +299,18 @@ class Ledger:
         else:
             self._db.execute("COMMIT")
 
+    def _query(self, sql: str, args: tuple) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"the ledger at {self.path} cannot be read ({e}): restore it from a backup") from None
+
     def _one(self, cls: type, sql: str, *args: Any):
-        return _row(cls, self._db.execute(sql, args).fetchone())
+        rows = self._query(sql, args)
+        return _row(cls, rows[0] if rows else None)
 
     def _all(self, cls: type, sql: str, *args: Any) -> list:
-        return [_row(cls, r) for r in self._db.execute(sql, args).fetchall()]
+        return [_row(cls, r) for r in self._query(sql, args)]
 
     # builds -----------------------------------------------------------------------------------
     def record_build(self, *, version: str, variant: str, image_id: str, manifest_sha256: str,
@@ -252,12 +344,15 @@ class Ledger:
     # pushes -----------------------------------------------------------------------------------
     def record_push(self, *, version: str, build_id: int, repository: str, tag: str, digest: str,
                     origin: str = "push") -> Push:
+        """The push of build `build_id` under `tag`; its variant is the build's."""
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (version, build_id, repository, tag, digest, now(), origin),
+                "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin, variant)"
+                " SELECT ?,?,?,?,?,?,?, variant FROM builds WHERE id = ?",
+                (version, build_id, repository, tag, digest, now(), origin, build_id),
             )
+            if cur.rowcount != 1:
+                raise sqlite3.IntegrityError(f"no build {build_id} to push")
             push_id = cur.lastrowid
         return self._one(Push, "SELECT * FROM pushes WHERE id = ?", push_id)
 
@@ -276,17 +371,28 @@ class Ledger:
             push_id = None
             if push is not None:
                 cur = db.execute(
-                    "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin)"
-                    " VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO pushes (version, build_id, repository, tag, digest, pushed_at, origin, variant)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
                     (push["version"], build_id, push["repository"], push["tag"], push["digest"], now(),
-                     push["origin"]),
+                     push["origin"], row.get("variant")),
                 )
                 push_id = cur.lastrowid
         recorded_push = self._one(Push, "SELECT * FROM pushes WHERE id = ?", push_id) if push_id else None
         return self.build(build_id), recorded_push
 
-    def latest_push(self, version: str) -> Push | None:
+    def latest_push(self, version: str, variant: str | None = None) -> Push | None:
+        if variant:
+            return self._one(Push, "SELECT * FROM pushes WHERE version = ? AND variant = ? ORDER BY id DESC LIMIT 1",
+                             version, variant)
         return self._one(Push, "SELECT * FROM pushes WHERE version = ? ORDER BY id DESC LIMIT 1", version)
+
+    def variant_of_digest(self, digest: str | None) -> str | None:
+        """The variant of the image pushed as `digest` (None: a digest the ledger never pushed)."""
+        if not digest:
+            return None
+        row = self._db.execute("SELECT variant FROM pushes WHERE digest = ? ORDER BY id DESC LIMIT 1",
+                               (digest,)).fetchone()
+        return row["variant"] if row else None
 
     def pushes(self, version: str | None = None) -> list[Push]:
         if version:

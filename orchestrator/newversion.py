@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
+from orchestrator.variants import refuse_suffixed_name
 from serving.manifest import MANIFEST_FILE, load_manifest, validate_version_name
 
 
@@ -33,6 +34,7 @@ def new_version(ctx: Context, name: str, source: str) -> Path:
             validate_version_name(v)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    refuse_suffixed_name(name)
     versions = ctx.config.versions_path
     src, dst = versions / source, versions / name
     if not src.is_dir():

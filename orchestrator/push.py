@@ -1,8 +1,9 @@
-"""`orchestrator push <version>`: put the latest build in the registry and record its digest.
+"""`orchestrator push <version>`: put the latest build of a variant in the registry and record its digest.
 
-A pushed tag never moves. The image goes up first under a staging tag (`staging-<version>`),
-which tells the digest the registry gives it; the real tag `<version>` is set only when it
-does not exist yet or already names that digest. The ledger gets the push record only after
+Each variant has its own tag (orchestrator/variants.py): `<version>` for the CUDA image, the
+version's image, and `<version>-cpu` for the CPU one. A pushed tag never moves. The image goes up
+first under a staging tag (`staging-<tag>`), which tells the digest the registry gives it; the
+real tag is set only when it does not exist yet or already names that digest. The ledger gets the push record only after
 the registry confirms the tag, in one transaction: a push killed midway records nothing.
 """
 
@@ -20,16 +21,13 @@ from orchestrator.errors import EngineError, RegistryError, UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.registry import RegistryClient, engine_auth_config
 from orchestrator.resolve import known_version
+from orchestrator.variants import registry_tag, staging_tag
 
 
 class TagMovedError(RegistryError):
     """The version's tag already names another image in the registry."""
 
     exit_code = 4
-
-
-def staging_tag(version: str) -> str:
-    return f"staging-{version}"
 
 
 def push_stream(client, repository: str, tag: str, console: Console, label: str,
@@ -69,12 +67,15 @@ def push_stream(client, repository: str, tag: str, console: Console, label: str,
 
 
 def push(ctx: Context, version: str, *, variant: str | None = None) -> tuple[Push, bool]:
-    """Push the latest build of `version`; returns (push record, whether anything new was recorded)."""
+    """Push the latest build of `version`'s `variant` (default: of the latest build) under that
+    variant's tag; returns (push record, whether anything new was recorded)."""
     known_version(ctx, version)
     build: Build | None = ctx.ledger.latest_build(version, variant)
     if build is None:
         what = f"{variant} build" if variant else "build"
-        raise UsageError(f"version {version} has no {what}: run `orchestrator build {version}` first")
+        flag = f" --variant {variant}" if variant else ""
+        raise UsageError(f"version {version} has no {what}: run `orchestrator build {version}{flag}` first")
+    tag = registry_tag(version, build.variant)
     repository = ctx.config.registry
     registry = RegistryClient(repository, config=ctx.config)
     auth = engine_auth_config(ctx.config, repository)
@@ -84,37 +85,37 @@ def push(ctx: Context, version: str, *, variant: str | None = None) -> tuple[Pus
         image = client.images.get(build.image_id)
     except ImageNotFound:
         raise EngineError(f"the image of build {build.id} ({build.image_id[:19]}) is no longer on this engine: "
-                          f"rebuild with `orchestrator build {version}`") from None
+                          f"rebuild with `orchestrator build {version} --variant {build.variant}`") from None
 
-    existing = registry.tag_digest(version)
-    last = ctx.ledger.latest_push(version)
+    existing = registry.tag_digest(tag)
+    last = ctx.ledger.latest_push(version, build.variant)
     if existing and last and last.digest == existing and last.build_id == build.id and last.repository == repository:
-        ctx.note(f"{repository}:{version} already is {existing} (build {build.id}); nothing to push")
+        ctx.note(f"{repository}:{tag} already is {existing} (build {build.id}, {build.variant}); nothing to push")
         return last, False
 
     # 1. up under the staging tag: the registry says which digest this image gets
-    stage = staging_tag(version)
+    stage = staging_tag(version, build.variant)
     _tag(image, repository, stage)
-    digest = push_stream(client, repository, stage, ctx.stderr, f"{version} (staging)", auth)
+    digest = push_stream(client, repository, stage, ctx.stderr, f"{tag} (staging)", auth)
 
     # 2. the real tag only when absent or already the same image
-    existing = registry.tag_digest(version)
+    existing = registry.tag_digest(tag)
     if existing and existing != digest:
         raise TagMovedError(
-            f"{repository}:{version} already names {existing}; this build ({build.image_id[:19]}) is {digest}: "
-            f"refusing to move a pushed tag (make a new version with `orchestrator new-version`)"
+            f"{repository}:{tag} already names {existing}; this {build.variant} build ({build.image_id[:19]}) is "
+            f"{digest}: refusing to move a pushed tag (make a new version with `orchestrator new-version`)"
         )
     if existing is None:
-        _tag(image, repository, version)
-        final = push_stream(client, repository, version, ctx.stderr, version, auth)
+        _tag(image, repository, tag)
+        final = push_stream(client, repository, tag, ctx.stderr, tag, auth)
         if final != digest:
-            raise RegistryError(f"{repository}:{version} was pushed as {final}, the staging push as {digest}")
-    now = registry.tag_digest(version)
+            raise RegistryError(f"{repository}:{tag} was pushed as {final}, the staging push as {digest}")
+    now = registry.tag_digest(tag)
     if now != digest:
-        raise TagMovedError(f"{repository}:{version} names {now} right after the push of {digest}: "
+        raise TagMovedError(f"{repository}:{tag} names {now} right after the push of {digest}: "
                             f"someone else pushed it at the same time; not recorded")
     _untag(client, repository, stage)
-    record = ctx.ledger.record_push(version=version, build_id=build.id, repository=repository, tag=version,
+    record = ctx.ledger.record_push(version=version, build_id=build.id, repository=repository, tag=tag,
                                     digest=digest)
     return record, True
 

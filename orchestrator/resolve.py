@@ -1,8 +1,8 @@
 """From a version name to the exact image a backend deploys: `repo@sha256:...`.
 
-Shared by every backend (compose, kubernetes) and by verify: a version must be built and pushed,
-and the registry tag must still resolve to the digest the ledger recorded. A moved tag is refused
-as possible tampering.
+Shared by every backend (compose, kubernetes) and by verify: a version's variant (cuda or cpu, the
+target's choice) must be built and pushed, and that variant's registry tag must still resolve to
+the digest the ledger recorded. A moved tag is refused as possible tampering.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from orchestrator.context import Context
 from orchestrator.errors import TamperError, UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.registry import RegistryClient
+from orchestrator.variants import refuse_suffixed_name
 from serving.manifest import validate_version_name
 
 
 @dataclass(frozen=True)
 class Deployable:
     version: str
+    variant: str         # cuda | cpu
     digest: str          # registry manifest digest, sha256:...
     image_ref: str       # repo@sha256:...
     build: Build
@@ -31,20 +33,27 @@ def known_version(ctx: Context, version: str) -> str:
         validate_version_name(version)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    refuse_suffixed_name(version)
     if not (ctx.config.versions_path / version).is_dir():
         raise UsageError(f"unknown version {version}: no folder {ctx.config.versions_path / version}")
     return version
 
 
-def resolve(ctx: Context, version: str, *, check_registry: bool = True) -> Deployable:
-    """The pushed image of `version`, after checking the registry tag still points at it."""
+def resolve(ctx: Context, version: str, *, variant: str | None = None, check_registry: bool = True) -> Deployable:
+    """The pushed image of `version`'s `variant`, after checking its registry tag still points at it.
+
+    variant None: the latest push of any variant (verify's default; a switch always names one).
+    """
     known_version(ctx, version)
-    push = ctx.ledger.latest_push(version)
+    push = ctx.ledger.latest_push(version, variant)
     if push is None:
-        build = ctx.ledger.latest_build(version)
+        what = f"the {variant} variant of {version}" if variant else f"version {version}"
+        flag = f" --variant {variant}" if variant else ""
+        build = ctx.ledger.latest_build(version, variant)
         if build is None:
-            raise UsageError(f"version {version} is not built: run `orchestrator build {version}` then push it")
-        raise UsageError(f"version {version} is built but not pushed: run `orchestrator push {version}`")
+            raise UsageError(f"{what} is not built: run `orchestrator build {version}{flag}` "
+                             f"then `orchestrator push {version}{flag}`")
+        raise UsageError(f"{what} is built but not pushed: run `orchestrator push {version}{flag}`")
     build = ctx.ledger.build(push.build_id)
     if check_registry and push.origin != "restore-local":
         current = RegistryClient(push.repository, config=ctx.config).tag_digest(push.tag)
@@ -57,4 +66,5 @@ def resolve(ctx: Context, version: str, *, check_registry: bool = True) -> Deplo
                 f"registry tag {push.repository}:{push.tag} moved to {current}, but the ledger recorded "
                 f"{push.digest}: possible tampering, refusing to deploy (make a new version instead)"
             )
-    return Deployable(version=version, digest=push.digest, image_ref=push.image_ref, build=build, push=push)
+    return Deployable(version=version, variant=push.variant, digest=push.digest, image_ref=push.image_ref,
+                      build=build, push=push)

@@ -69,6 +69,7 @@ def history(ctx: Context, target: str, limit: int | None = None) -> dict[str, An
         entries.append({
             "id": s.id, "at": s.started_at, "finished_at": s.finished_at, "action": s.action,
             "from_version": s.from_version, "to_version": s.to_version, "digest": s.digest,
+            "variant": ctx.ledger.variant_of_digest(s.digest),
             "outcome": s.outcome, "reason": s.reason, "user": s.user, "phases": s.phases,
             "step": s.step, "failed_digest": bool(s.digest and any(
                 r["target"] == target for r in failed.get(s.digest, []))),

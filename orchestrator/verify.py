@@ -1,10 +1,12 @@
 """`orchestrator verify <version>`: is the pushed image still exactly what was built?
 
+One variant at a time (cuda: <registry>:<version>, cpu: <registry>:<version>-cpu).
 Checks, in order (each one a line of the report; the first failing one stops those that need it):
-  registry   the registry tag still resolves to the digest the ledger recorded
+  registry   the variant's registry tag still resolves to the digest the ledger recorded
   image      the image `repo@digest` is on the engine (pulled from the registry when missing)
   labels     aads.version, aads.manifest-sha256, aads.backbone and the OCI version label match
-             the manifest in versions/<version>/ (and the manifest is the one that was built)
+             the manifest in versions/<version>/ (and the manifest is the one that was built);
+             aads.variant names the variant (images built before that label have none)
   user       the image runs as a non-root user
   ready      the image starts with a read-only root filesystem and /ready turns 200
   version    /v1/version reports the version and its manifest hash
@@ -20,7 +22,7 @@ from typing import Any
 from docker.errors import DockerException, ImageNotFound
 
 from orchestrator import golden
-from orchestrator.build import READY_TIMEOUT_S, backbone_label
+from orchestrator.build import READY_TIMEOUT_S, VARIANT_LABEL, backbone_label
 from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
 from orchestrator.errors import OrchestratorError, TamperError
@@ -46,6 +48,7 @@ class Check:
 @dataclass
 class Report:
     version: str
+    variant: str | None = None
     image_ref: str | None = None
     digest: str | None = None
     checks: list[Check] = field(default_factory=list)
@@ -60,26 +63,27 @@ class Report:
         return ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "ok": self.ok, "image_ref": self.image_ref, "digest": self.digest,
+        return {"version": self.version, "variant": self.variant, "ok": self.ok, "image_ref": self.image_ref, "digest": self.digest,
                 "seconds": round(self.seconds, 2), "checks": [asdict(c) for c in self.checks]}
 
     def failures(self) -> str:
         return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
 
 
-def verify(ctx: Context, version: str, *, start: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> Report:
+def verify(ctx: Context, version: str, *, variant: str = "cuda", start: bool = True,
+           ready_timeout_s: float = READY_TIMEOUT_S) -> Report:
     started = time.monotonic()
-    report = Report(version=version)
+    report = Report(version=version, variant=variant)
     try:
-        _run(ctx, version, report, start, ready_timeout_s)
+        _run(ctx, version, variant, report, start, ready_timeout_s)
     finally:
         report.seconds = time.monotonic() - started
     return report
 
 
-def _run(ctx: Context, version: str, report: Report, start: bool, ready_timeout_s: float) -> None:
+def _run(ctx: Context, version: str, variant: str, report: Report, start: bool, ready_timeout_s: float) -> None:
     try:
-        d: Deployable = resolve(ctx, version)
+        d: Deployable = resolve(ctx, version, variant=variant)
     except TamperError as e:
         report.add("registry", False, str(e))
         return
@@ -107,9 +111,13 @@ def _run(ctx: Context, version: str, report: Report, start: bool, ready_timeout_
     want = {"aads.version": version, "org.opencontainers.image.version": version,
             "aads.manifest-sha256": sha, "aads.backbone": backbone_label(manifest)}
     bad = [f"{k}={labels.get(k)!r} (manifest: {v!r})" for k, v in want.items() if labels.get(k) != v]
+    if labels.get(VARIANT_LABEL, variant) != variant:
+        bad.append(f"{VARIANT_LABEL}={labels.get(VARIANT_LABEL)!r} under the {variant} tag {d.push.tag}")
     if d.build.manifest_sha256 != sha:
         bad.append(f"versions/{version} changed since the build ({d.build.manifest_sha256[:12]} -> {sha[:12]})")
-    report.add("labels", not bad, "; ".join(bad) or f"version, backbone and manifest sha256 {sha[:12]} match")
+    shown = labels.get(VARIANT_LABEL) or f"{variant} (built before the {VARIANT_LABEL} label)"
+    report.add("labels", not bad, "; ".join(bad) or f"version, backbone, manifest sha256 {sha[:12]} and variant "
+                                                    f"{shown} match")
 
     user = (image.attrs.get("Config") or {}).get("User") or ""
     non_root = user not in ("", "0", "root") and not user.startswith(("0:", "root:"))

@@ -51,6 +51,8 @@ EOF
 
 heading "1. Deploy $FROM_VERSION (orchestrator up)"
 echo "API keys: $AADS_TARGET_LOCAL_API_KEYS for this demo (orchestrator up without AADS_TARGET_LOCAL_API_KEYS=off keeps them on)"
+# The local target has `variant: auto`: the CUDA image (<repo>:<version>) where a GPU is visible,
+# the CPU image (<repo>:<version>-cpu) otherwise; the orchestrator names its choice.
 "$ORCH" up "$FROM_VERSION"
 EDGE=$("$ORCH" status --json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["edge"])')
 KEYS=$("$PY" -c 'from orchestrator import config; print(config.load().state_path / "compose" / "local" / "api-keys")')
@@ -70,8 +72,9 @@ heading "5. Roll back (orchestrator rollback --keep-previous): the warm previous
 "$ORCH" rollback --keep-previous
 diagnose "$EDGE"
 
-heading "6. Status"
+heading "6. Status, and the images of each version (CUDA: the plain tag, CPU: -cpu)"
 "$ORCH" status
+"$ORCH" list
 
 heading "7. History"
 "$ORCH" history --limit 10

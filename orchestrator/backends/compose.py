@@ -43,6 +43,7 @@ from orchestrator.lock import target_lock
 from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, known_version, resolve
 from orchestrator.switchflow import Steps, history, result
+from orchestrator.variants import compose_variant
 from serving.manifest import validate_version_name
 
 SLOTS = haproxy.SLOTS
@@ -91,6 +92,7 @@ class ComposeBackend:
         self.edge_src = self.compose_file.parent.parent / "images" / "edge"
         self._client = None
         self._project: compose_cli.ComposeProject | None = None
+        self._variant: tuple[str, str] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -332,7 +334,17 @@ class ComposeBackend:
         except requests.RequestException:
             return False
 
-    # -- GPU --------------------------------------------------------------------------------------
+    # -- GPU and variant --------------------------------------------------------------------------
+    def variant_choice(self) -> tuple[str, str]:
+        """(variant, why): the image variant this target deploys, decided once per command."""
+        if self._variant is None:
+            self._variant = compose_variant(self.spec.variant, self.gpu_enabled())
+        return self._variant
+
+    @property
+    def variant(self) -> str:
+        return self.variant_choice()[0]
+
     def gpu_enabled(self) -> bool:
         if self.spec.gpu == "off":
             return False
@@ -369,9 +381,11 @@ class ComposeBackend:
             return {**self._first_up(version), "interrupted": interrupted}
 
     def newest_pushed(self) -> str:
-        pushes = self.ctx.ledger.pushes()
+        pushes = [p for p in self.ctx.ledger.pushes() if p.variant == self.variant]
         if not pushes:
-            raise UsageError("no version is pushed yet: run `orchestrator build VERSION` and `orchestrator push VERSION`")
+            flag = f" --variant {self.variant}"
+            raise UsageError(f"no version has a pushed {self.variant} image yet: run `orchestrator build VERSION{flag}` "
+                             f"and `orchestrator push VERSION{flag}`")
         return pushes[-1].version
 
     def _first_up(self, version: str) -> dict[str, Any]:
@@ -449,7 +463,7 @@ class ComposeBackend:
         live = self._live_or_refuse()
         repaired = self.reconcile(live)
         live = self._live_or_refuse()
-        push = self.ctx.ledger.latest_push(version)
+        push = self.ctx.ledger.latest_push(version, self.variant)
         rollback_to_previous = action == "rollback" and version == live.previous_version
         if version == live.version and (push is None or push.digest == live.digest):
             reason = f"{version} is already live on {self.target} (slot {live.slot}); nothing to do"
@@ -571,7 +585,7 @@ class ComposeBackend:
     def _begin(self, action: str, version: str, from_version: str | None, digest: str | None = None,
                data: dict[str, Any] | None = None) -> Switch:
         if digest is None:
-            push = self.ctx.ledger.latest_push(version)
+            push = self.ctx.ledger.latest_push(version, self.variant)
             digest = push.digest if push else None
         command = "orchestrator " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         return self.ctx.ledger.begin_switch(target=self.target, action=action, to_version=version,
@@ -582,20 +596,27 @@ class ComposeBackend:
     def resolve(self, version: str, previous: Live | None = None, tolerate_registry_down: bool = False) -> Candidate:
         known_version(self.ctx, version)
         check = self.spec.image_source == "registry"
+        # A rollback returns to exactly what ran before, in the variant it ran.
+        variant = (previous is not None and self.ctx.ledger.variant_of_digest(previous.previous_digest)) or self.variant
+        if variant == self.variant:
+            self.ctx.note(f"target {self.target} deploys the {variant} variant ({self.variant_choice()[1]})")
+        else:
+            self.ctx.note(f"target {self.target} returns to the {variant} variant that ran before")
         try:
-            dep = resolve(self.ctx, version, check_registry=check)
+            dep = resolve(self.ctx, version, variant=variant, check_registry=check)
         except TamperError:
             raise
         except RegistryError as e:
             if not tolerate_registry_down:
                 raise
             self.ctx.note(f"  [yellow]registry check skipped for the rollback: {e}[/yellow]")
-            dep = resolve(self.ctx, version, check_registry=False)
+            dep = resolve(self.ctx, version, variant=variant, check_registry=False)
         if previous is not None and previous.previous_digest and previous.previous_digest != dep.digest:
             # Roll back to exactly what ran before, even if the version was pushed again since.
             push = next((p for p in self.ctx.ledger.pushes(version) if p.digest == previous.previous_digest), None)
             if push is not None:
-                dep = Deployable(version, push.digest, push.image_ref, self.ctx.ledger.build(push.build_id), push)
+                dep = Deployable(version, push.variant, push.digest, push.image_ref,
+                                 self.ctx.ledger.build(push.build_id), push)
         image = dep.build.image_id if self.spec.image_source == "local" else dep.image_ref
         return Candidate(version=version, digest=dep.digest, image=image, deployable=dep)
 
@@ -828,10 +849,12 @@ class ComposeBackend:
                                "interrupted": interrupted, "switch_running": running}
         if live is not None:
             out["live"] = {"version": live.version, "digest": live.digest, "image": live.image_ref,
-                           "slot": live.slot, "since": live.since, "health": self.edge_health()}
+                           "variant": self.ctx.ledger.variant_of_digest(live.digest), "slot": live.slot,
+                           "since": live.since, "health": self.edge_health()}
             if live.previous_version:
                 warm = self.slot_runs(live.previous_slot, live.previous_image_ref) if live.previous_slot else False
                 out["previous"] = {"version": live.previous_version, "digest": live.previous_digest,
+                                   "variant": self.ctx.ledger.variant_of_digest(live.previous_digest),
                                    "image": live.previous_image_ref, "slot": live.previous_slot, "warm": warm}
         return out
 

@@ -36,6 +36,7 @@ from orchestrator.ledger import Switch
 from orchestrator.lock import target_lock
 from orchestrator.resolve import known_version, resolve
 from orchestrator.switchflow import COUNTED, Steps, result
+from orchestrator.variants import deployment_variant
 
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -296,7 +297,9 @@ class KubernetesBackend:
         d = self.api.read_deployment()
         live = self.live_of(d, self.api.replicasets(d))
         self.refuse_paused(d)
-        push = self.ctx.ledger.latest_push(version)
+        variant, why = deployment_variant(self.spec.variant, d, self.spec.container)
+        self.ctx.note(f"target {self.target} deploys the {variant} variant ({why})")
+        push = self.ctx.ledger.latest_push(version, variant)
         command = f"orchestrator switch {version}"
         if push is not None and live.digest == push.digest:
             reason = f"{version} is already live on {self.target} ({self.where}, revision {live.revision}); nothing to do"
@@ -320,7 +323,7 @@ class KubernetesBackend:
         back_ok = state.done  # the live revision was fully available: the way back if this fails
         try:
             with steps.step("resolve", f"{version} → digest, registry tag check"):
-                cand = resolve(self.ctx, version)
+                cand = resolve(self.ctx, version, variant=variant)
                 image = self.image_for(cand.image_ref.split("@", 1)[0], cand.digest)
             with steps.step("patch", f"{self.spec.container} ← {short(image)}", image=image):
                 patched = self.patch_switch(d, image=image, version=version, command=command)
@@ -549,6 +552,7 @@ class KubernetesBackend:
             "target": self.target, "kind": self.kind, "namespace": self.spec.namespace,
             "deployment": self.spec.deployment, "server": self.api.server,
             "live": {"version": live.label, "digest": live.digest, "image": live.image, "revision": live.revision,
+                     "variant": self.ctx.ledger.variant_of_digest(live.digest),
                      "slot": f"revision {live.revision}", "since": since, "health": health,
                      "annotated_version": live.annotated},
             "previous": previous and {"version": previous["version"], "slot": f"revision {previous['revision']}",
@@ -620,6 +624,8 @@ class KubernetesBackend:
             at = next((i for i, e in enumerate(entries) if e["revision"] is not None and e["revision"] > place),
                       len(entries))
             entries.insert(at, attempt)
+        for e in entries:  # the variant of the image each revision ran (None: unknown to the ledger)
+            e["variant"] = self.ctx.ledger.variant_of_digest((e.get("image") or "").rpartition("@")[2] or None)
         if limit:
             entries = entries[-limit:]
         counted = [COUNTED[s.outcome] for s in switches if s.outcome in COUNTED]

@@ -77,9 +77,11 @@ def check_build_record(archive: OpenArchive) -> dict[str, Any]:
             "size_bytes": size, "golden": golden}
 
 
-def local_push_record(version: str, repository: str, image_id: str, origin: str) -> dict[str, Any]:
+def local_push_record(version: str, repository: str, image_id: str, origin: str, *,
+                      tag: str | None = None) -> dict[str, Any]:
     """The push record of an image restored without a registry: the local tag and the image id."""
-    return {"version": version, "repository": repository, "tag": version, "digest": image_id, "origin": origin}
+    return {"version": version, "repository": repository, "tag": tag or version, "digest": image_id,
+            "origin": origin}
 
 
 def _parse_time(text: str) -> dt.datetime | None:

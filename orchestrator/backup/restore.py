@@ -40,6 +40,7 @@ from orchestrator.context import Context
 from orchestrator.engine import docker_client
 from orchestrator.errors import EngineError, NoSpaceError, UsageError
 from orchestrator.ledger import now
+from orchestrator.variants import registry_tag
 from serving.manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256
 
 RESTORE_LOCAL = "restore-local"
@@ -70,12 +71,13 @@ def restore_backup(ctx: Context, archive_path: str | Path, *, push: bool = False
         raise UsageError(f"{local_dir} differs from the folder in {path.name} (here {_local_sha(local_dir)}, archived "
                          f"{folder_sha[:12]}…): refusing to restore over it; pass --force to replace the local folder "
                          f"(it is kept under {ctx.config.state_path / 'backup' / 'replaced'})")
-    latest = ctx.ledger.latest_build(version)
+    variant = build_fields.get("variant") or "cpu"  # checked above; each variant has its own records and tag
+    latest = ctx.ledger.latest_build(version, variant)
     if latest is not None and latest.image_id != image_id and not force:
         raise UsageError(f"the ledger here records another image for {version} (build {latest.id}, "
                          f"{latest.image_id[:19]}…; the archive holds {image_id[:19]}…): pass --force to make the "
                          f"archived image the current one")
-    latest_push = ctx.ledger.latest_push(version)
+    latest_push = ctx.ledger.latest_push(version, variant)
     recorded = (latest is not None and latest.image_id == image_id and latest_push is not None
                 and latest_push.build_id == latest.id)
 
@@ -87,7 +89,7 @@ def restore_backup(ctx: Context, archive_path: str | Path, *, push: bool = False
     stored = _load_verified(client, archive, existed, progress)
     seconds = time.monotonic() - start
 
-    engine_io.tag(client, image_id, ctx.config.registry, version)
+    engine_io.tag(client, image_id, ctx.config.registry, registry_tag(version, variant))
     folder_done = _restore_folder(ctx, local_dir, archive, folder_state)
 
     loaded_image = engine_io.get_image(client, image_id)
@@ -104,14 +106,15 @@ def restore_backup(ctx: Context, archive_path: str | Path, *, push: bool = False
         if latest is None or latest.image_id != image_id:
             build, _ = ctx.ledger.record_restore(build=build_fields, push=None)
             result["build_id"] = build.id
-        record, pushed = push_version(ctx, version)
+        record, pushed = push_version(ctx, version, variant=variant)
         result.update(origin=record.origin, registry_digest=record.digest, push_id=record.id,
                       ledger="recorded" if pushed else "already recorded")
     elif recorded and latest_push.origin in (RESTORE_LOCAL, "push"):
         result.update(origin=latest_push.origin, registry_digest=latest_push.digest, build_id=latest.id,
                       push_id=latest_push.id, ledger="already recorded")
     else:
-        push_fields = local_push_record(version, ctx.config.registry, image_id, RESTORE_LOCAL)
+        push_fields = local_push_record(version, ctx.config.registry, image_id, RESTORE_LOCAL,
+                                        tag=registry_tag(version, variant))
         build, push_rec = ctx.ledger.record_restore(build=build_fields, push=push_fields)
         result.update(origin=RESTORE_LOCAL, registry_digest=push_rec.digest, build_id=build.id,
                       push_id=push_rec.id, ledger="recorded")

@@ -149,7 +149,7 @@ def register(cli: click.Group) -> None:
     @_json_option
     @click.pass_obj
     def status_cmd(obj: Context, target: str | None, as_json: bool) -> None:
-        """Live version, digest, slot, health and since when; the previous version; drift.
+        """Live version and its variant (cuda|cpu), digest, slot, health, since when; the previous version; drift.
 
         Drift is any difference between the host and the ledger (a slot running an image the
         ledger does not know, an edge sending traffic elsewhere): the next switch repairs it.
@@ -167,7 +167,7 @@ def register(cli: click.Group) -> None:
     @_json_option
     @click.pass_obj
     def history_cmd(obj: Context, target: str | None, limit: int | None, as_json: bool) -> None:
-        """Every up, switch and rollback on the target: when, from -> to, outcome, phases, who.
+        """Every up, switch and rollback on the target: when, from -> to (variant), outcome, phases, who.
 
         The success rate counts succeeded against failed, reverted and interrupted switches over
         the shown range (no-ops are not counted). Digests that failed a switch are marked.
@@ -192,7 +192,7 @@ def _print_status(ctx: Context, st: dict[str, Any]) -> None:
     if live:
         health = live.get("health") or "-"
         colour = "green" if health == "ready" else "red"
-        t.add_row("live", f"{live['version']}  (slot {live.get('slot') or '-'})")
+        t.add_row("live", f"{live['version']}  ({live.get('variant') or 'variant unknown'}, slot {live.get('slot') or '-'})")
         t.add_row("digest", live.get("digest") or "-")
         t.add_row("image", live.get("image") or "-")
         t.add_row("since", live.get("since") or "-")
@@ -202,7 +202,8 @@ def _print_status(ctx: Context, st: dict[str, Any]) -> None:
     prev = st.get("previous")
     if prev:
         warm = " (warm)" if prev.get("warm") else ""
-        t.add_row("previous", f"{prev['version']}  slot {prev.get('slot') or '-'}{warm}")
+        variant = f"{prev['variant']}, " if prev.get("variant") else ""
+        t.add_row("previous", f"{prev['version']}  ({variant}slot {prev.get('slot') or '-'}){warm}")
     out.print(t)
     slots = st.get("slots") or []
     if slots:
@@ -250,7 +251,8 @@ def _print_history(ctx: Context, h: dict[str, Any]) -> None:
                "live": "green", "superseded": "dim"}
     for e in entries:
         c = colours.get(e["outcome"], "red")
-        to = (e.get("to_version") or "-") + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
+        to = (e.get("to_version") or "-") + (f" ({e['variant']})" if e.get("variant") else "") \
+            + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
         t.add_row(str(e.get("revision" if kube else "id") or "-"), (e.get("at") or "")[:19].replace("T", " "),
                   e["action"], f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
                   (e.get("change_cause") or "-") if kube else _fmt_phases(e.get("phases") or {}),

@@ -12,6 +12,7 @@ from orchestrator.context import Context
 from orchestrator.errors import UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.resolve import known_version
+from orchestrator.variants import VARIANTS, registry_tag
 from serving.manifest import ManifestError, load_manifest, manifest_sha256, version_key
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -29,8 +30,8 @@ def _build_dict(b: Build | None) -> dict[str, Any] | None:
 def _push_dict(p: Push | None) -> dict[str, Any] | None:
     if p is None:
         return None
-    return {"id": p.id, "build_id": p.build_id, "repository": p.repository, "tag": p.tag, "digest": p.digest,
-            "image_ref": p.image_ref, "pushed_at": p.pushed_at, "origin": p.origin}
+    return {"id": p.id, "build_id": p.build_id, "variant": p.variant, "repository": p.repository, "tag": p.tag,
+            "digest": p.digest, "image_ref": p.image_ref, "pushed_at": p.pushed_at, "origin": p.origin}
 
 
 def version_state(ctx: Context, version: str) -> dict[str, Any]:
@@ -51,8 +52,16 @@ def version_state(ctx: Context, version: str) -> dict[str, Any]:
     failed = sorted({d for p in ledger.pushes(version) for d in [p.digest] if d in failed_marks})
     state = "live" if live else "pushed" if push else "built" if build else "defined"
     frozen_sha = ledger.build(push.build_id).manifest_sha256 if push else None
+    variants = {}
+    for v in VARIANTS:  # each variant's own latest build and push (its tag: orchestrator/variants.py)
+        vb, vp = ledger.latest_build(version, v), ledger.latest_push(version, v)
+        variants[v] = {"tag": registry_tag(version, v), "state": "pushed" if vp else "built" if vb else None,
+                       "build": _build_dict(vb), "push": _push_dict(vp)}
+    # Pushes from before variant tags: a CPU image under the plain tag, which belongs to the CUDA image.
+    misplaced = sorted({f"{p.tag} holds the {p.variant} image {_short(p.digest)}" for p in ledger.pushes(version)
+                        if p.tag != registry_tag(version, p.variant)})
     row.update(
-        state=state, live_on=live,
+        state=state, live_on=live, variants=variants, misplaced_tags=misplaced,
         build=_build_dict(build), push=_push_dict(push),
         failed_digests={d: [f"{m['target']}: {m['reason']}" for m in failed_marks[d]] for d in failed},
         manifest_changed_since_push=bool(frozen_sha and row["manifest_sha256"] and frozen_sha != row["manifest_sha256"]),
@@ -70,6 +79,14 @@ def all_versions(ctx: Context) -> list[str]:
 
 def _short(digest: str | None, n: int = 19) -> str:
     return digest[:n] if digest else "-"
+
+
+def _variant_cell(v: dict[str, Any]) -> str:
+    if v["push"]:
+        return f"pushed {_short(v['push']['digest'])}"
+    if v["build"]:
+        return f"built {v['build']['image_id'][7:19]}"
+    return "-"
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -132,12 +149,15 @@ def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, bas
 @click.command("push")
 @click.argument("version")
 @click.option("--variant", type=click.Choice(["cuda", "cpu"]), help="push the latest build of this variant "
-              "[default: the latest build]")
+              "[default: the variant of the latest build]")
 @click.option("--json", "as_json", is_flag=True, help="print the push record as JSON")
 @pass_ctx
 def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> None:
-    """Push the latest build of VERSION as <registry>:VERSION and record its digest.
+    """Push the latest build of VERSION under its variant's tag and record its digest.
 
+    \b
+    cuda (the version's image): <registry>:VERSION
+    cpu:                        <registry>:VERSION-cpu
     A tag that already names another digest is never moved: the push is refused.
     """
     from orchestrator.push import push
@@ -146,7 +166,8 @@ def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> 
     if as_json:
         ctx.emit_json({**_push_dict(record), "new": new})
     else:
-        ctx.stdout.print(f"{version}: {record.image_ref}" + ("" if new else " (already pushed)"))
+        ctx.stdout.print(f"{version} ({record.variant}): {record.repository}:{record.tag} = {record.image_ref}"
+                         + ("" if new else " (already pushed)"))
 
 
 @click.command("list")
@@ -155,23 +176,26 @@ def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> 
 def list_cmd(ctx: Context, as_json: bool) -> None:
     """Every version with its state: defined, built, pushed, or live (on which targets).
 
-    Digests a switch marked as failed are flagged.
+    The CUDA and CPU columns say whether each variant is built or pushed (with its digest):
+    CUDA is <registry>:VERSION, CPU <registry>:VERSION-cpu. Digests a switch marked as failed
+    are flagged.
     """
     rows = [version_state(ctx, v) for v in all_versions(ctx)]
     if as_json:
         ctx.emit_json(rows)
         return
-    lines, notes = [("VERSION", "STATE", "BACKBONE", "BUILD", "DIGEST")], {}
+    lines, notes = [("VERSION", "STATE", "BACKBONE", "CUDA", "CPU")], {}
     for r in rows:
-        b, p = r["build"], r["push"]
         state = r["state"] + (f" on {', '.join(r['live_on'])}" if r["live_on"] else "")
         lines.append((r["version"], state, r["backbone"] or "-",
-                      f"{b['variant']} {b['image_id'][7:19]}" if b else "-", _short(p["digest"] if p else None)))
+                      *(_variant_cell(r["variants"][v]) for v in VARIANTS)))
         notes[r["version"]] = (
             ([f"invalid manifest: {r['error']}"] if not r["valid"] else [])
             + (["manifest changed after push: the version is frozen, make a new one"]
                if r["manifest_changed_since_push"] else [])
             + [f"failed digest {_short(d)}: {'; '.join(why)}" for d, why in r["failed_digests"].items()]
+            + [f"{m} (pushed before variant tags): delete that tag in the registry before pushing the CUDA image"
+               for m in r["misplaced_tags"]]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     for line in lines:
@@ -220,7 +244,7 @@ def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
         out.print("  [red]the manifest changed after the version was pushed: make a new version[/]")
     for title, rows, cols in (
         ("builds", data["builds"], ("id", "variant", "image_id", "built_at", "size_bytes", "git_commit")),
-        ("pushes", data["pushes"], ("id", "build_id", "image_ref", "pushed_at")),
+        ("pushes", data["pushes"], ("id", "variant", "tag", "build_id", "image_ref", "pushed_at")),
         ("live", data["live"], ("target", "digest", "slot", "since")),
     ):
         if not rows:
@@ -238,21 +262,28 @@ def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
 
 @click.command("verify")
 @click.argument("version")
+@click.option("--variant", type=click.Choice(["cuda", "cpu"]),
+              help="the variant to check [default: cuda when it is pushed, else the last pushed or built]")
 @click.option("--no-start", is_flag=True, help="check registry, labels and user only; do not start the image")
 @click.option("--timeout", "timeout_s", type=float, default=300, show_default=True, help="seconds to wait for /ready")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
 @pass_ctx
-def verify_cmd(ctx: Context, version: str, no_start: bool, timeout_s: float, as_json: bool) -> None:
-    """Check that VERSION's pushed image is still what was built.
+def verify_cmd(ctx: Context, version: str, variant: str | None, no_start: bool, timeout_s: float,
+               as_json: bool) -> None:
+    """Check that VERSION's pushed image (one variant) is still what was built.
 
-    The registry tag resolves to the recorded digest, the labels match the manifest, the image
+    The variant's registry tag resolves to the recorded digest, the labels match the manifest
+    and the variant, the image
     runs as non-root, starts with a read-only root filesystem, becomes ready, and gives the
     golden outputs recorded at build time. Exit 0 only when every check passes.
     """
     from orchestrator.verify import VerifyFailed, verify
 
     known_version(ctx, version)
-    report = verify(ctx, version, start=not no_start, ready_timeout_s=timeout_s)
+    if variant is None:  # the version's image (CUDA) when pushed, else what was pushed or built last
+        last = ctx.ledger.latest_push(version) or ctx.ledger.latest_build(version)
+        variant = "cuda" if ctx.ledger.latest_push(version, "cuda") else last.variant if last else "cuda"
+    report = verify(ctx, version, variant=variant, start=not no_start, ready_timeout_s=timeout_s)
     if as_json:
         ctx.emit_json(report.to_dict())
     else:
@@ -260,7 +291,7 @@ def verify_cmd(ctx: Context, version: str, no_start: bool, timeout_s: float, as_
             mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
             ctx.stdout.print(f"{mark} {c.name:<9} {c.detail}")
     if not report.ok:
-        raise VerifyFailed(f"{version} failed verification: {report.failures()}")
+        raise VerifyFailed(f"{version} ({variant}) failed verification: {report.failures()}")
 
 
 @click.command("release")

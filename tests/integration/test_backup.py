@@ -266,7 +266,7 @@ def test_restore_loads_records_and_restores_the_folder(small):
     res = small.json("backup", "restore", str(path))
     assert res["loaded"] and res["origin"] == "restore-local" and res["folder"] == "restored"
     assert small.has_image(image_id)
-    assert small.client.images.get(image_id).tags == [f"{small.registry}:{VERSION}"]
+    assert small.client.images.get(image_id).tags == [f"{small.registry}:{VERSION}-cpu"]  # the CPU variant's tag
     assert manifest_sha256(small.versions_dir / VERSION) == manifest_sha256(REPO / "versions" / VERSION)
     builds, pushes = small.records(VERSION)
     assert builds[-1].origin == f"restore:{path.name}" and builds[-1].image_id == image_id
@@ -501,7 +501,7 @@ def test_restore_with_push_records_a_normal_push(small, own_registry):
     res = small.json("backup", "restore", str(path), "--push")
     assert res["origin"] == "push" and res["ledger"] == "recorded"
     from orchestrator.registry import RegistryClient
-    assert RegistryClient(repository).tag_digest(VERSION) == res["registry_digest"]
+    assert RegistryClient(repository).tag_digest(f"{VERSION}-cpu") == res["registry_digest"]
     builds, pushes = small.records(VERSION)
     assert builds[-1].origin.startswith("restore:") and pushes[-1].origin == "push"
     assert pushes[-1].repository == repository and pushes[-1].build_id == builds[-1].id

@@ -94,6 +94,8 @@ def test_up_starts_the_stack_with_the_first_version(stack):
     assert status["live"]["version"] == LIVE_VERSION and status["live"]["slot"] == "blue"
     assert status["live"]["health"] == "ready"
     assert status["live"]["image"].startswith(f"{stack.registry}@sha256:")
+    # `variant: auto` on a machine without a GPU: the CPU image, by digest, and the CLI says so
+    assert status["live"]["variant"] == "cpu" and "deploys the cpu variant (variant: auto, no GPU" in r.stderr
     assert status["drift"] == [] and status["compose"].startswith(" ".join(
         ("docker", "compose") if stack.env["AADS_COMPOSE"] == "v2" else ("docker-compose",)))
     # A second `up` changes nothing and says so.
@@ -257,6 +259,7 @@ def test_history_lists_every_action_with_phases_user_and_success_rate(stack):
         assert e["at"] and e["user"] and "@" in e["user"]
         if e["outcome"] == "succeeded":
             assert e["phases"]["ready"] >= 0 and e["digest"].startswith("sha256:")
+            assert e["variant"] == "cpu"
     assert h["success_rate"] == 1.0 and h["counted"] == sum(1 for e in entries if e["outcome"] != "noop")
     assert len(stack.json("history", "--limit", "2")["entries"]) == 2
     table = stack.run("history")

@@ -157,9 +157,11 @@ def test_moved_tag_is_refused_by_push_and_caught_by_verify(built_versions, engin
     pushes_before = ledger_rows(tmp_path / "state", "pushes")
     # ... then someone points its tag at the v5.5.4 image behind the orchestrator's back
     other = engine.images.get(built_versions["v5.5.4-dinov3"]["build"]["image_id"])
-    other.tag(repo, tag="v5.5.3-performance")
+    tag = "v5.5.3-performance-cpu"  # the CPU variant's tag (the plain one is the CUDA image's)
+    assert json.loads(ok.stdout)["tag"] == tag
+    other.tag(repo, tag=tag)
     try:
-        for line in engine.api.push(repo, tag="v5.5.3-performance", stream=True, decode=True):
+        for line in engine.api.push(repo, tag=tag, stream=True, decode=True):
             assert "error" not in line, line
         verify = subprocess.run([*cli, "verify", "v5.5.3-performance", "--no-start"], env=env, capture_output=True,
                                 text=True, cwd=REPO, timeout=300)
@@ -173,9 +175,9 @@ def test_moved_tag_is_refused_by_push_and_caught_by_verify(built_versions, engin
         assert "refusing to move a pushed tag" in one_error_line(pushed)
         assert ledger_rows(tmp_path / "state", "pushes") == pushes_before
     finally:
-        for tag in ("v5.5.3-performance", "staging-v5.5.3-performance"):
+        for name in (tag, f"staging-{tag}"):
             try:
-                engine.api.remove_image(f"{repo}:{tag}", noprune=True)
+                engine.api.remove_image(f"{repo}:{name}", noprune=True)
             except Exception:
                 pass
 
@@ -260,9 +262,9 @@ def test_push_killed_midway_records_nothing(built_versions, engine, tmp_path):
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _kill_when(proc, uploading, 300)
         assert ledger_rows(tmp_path / "state", "pushes") == before
-        # the registry never got the version tag either
+        # the registry never got the variant's tag either
         r = requests.get(f"http://127.0.0.1:{port}/v2/aads-kill/tags/list", timeout=5)
-        assert "v5.5.3-performance" not in (r.json().get("tags") or []) if r.ok else True
+        assert "v5.5.3-performance-cpu" not in (r.json().get("tags") or []) if r.ok else True
     finally:
         registry.terminate()
         registry.wait(10)

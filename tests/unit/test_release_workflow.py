@@ -78,3 +78,17 @@ def test_workflow_tests_then_builds_and_pushes_the_tagged_version():
                             "orchestrator verify \"$VERSION\"")]
     assert order == sorted(order)
     assert wf["env"]["VERSION"] == "${{ github.ref_name }}"
+
+
+def test_workflow_builds_pushes_and_verifies_both_variants():
+    """CUDA under the version's tag, CPU under -cpu, each verified; disk freed before anything builds."""
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    steps = wf["jobs"]["release"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    text = "\n".join(runs)
+    for verb in ("build", "push", "verify"):
+        for variant in ("cuda", "cpu"):
+            assert f'orchestrator {verb} "$VERSION" --variant {variant}' in text, (verb, variant)
+    free = next(i for i, s in enumerate(steps) if "Free disk" in s.get("name", ""))
+    tests = next(i for i, run in enumerate(runs) if "make test" in run)
+    assert free < tests and "df -h" in runs[free]
