@@ -161,3 +161,110 @@ def test_a_failing_exec_is_one_clear_error():
     rt = EdgeRuntime(lambda argv: (126, "OCI runtime exec failed: container not running\n"))
     with pytest.raises(EdgeError, match="exit 126"):
         rt.servers()
+
+
+# -- the traffic move every caller makes (switch flip step, revert, repair): EdgeRuntime.shift -----
+
+class SlowEdge(FakeEdge):
+    """A FakeEdge whose newly enabled server passes its health check only after `up_after` polls
+    (`None`: never), and whose servers hold `sessions` requests in flight until `idle_after` polls."""
+
+    def __init__(self, up_after: int | None = 3, sessions: int = 0, idle_after: int = 0):
+        super().__init__()
+        self.up_after, self.sessions, self.idle_after = up_after, sessions, idle_after
+        self.polls_since_enable: dict[str, int] = {}
+        self.stat_polls = 0
+        self.log: list[tuple[str, ...]] = []   # ("set", line) / ("serving", slots seen by a state poll)
+
+    def __call__(self, argv):
+        line = argv[-1]
+        if line.startswith("show servers state"):
+            for slot, n in self.polls_since_enable.items():
+                self.polls_since_enable[slot] = n + 1
+                if self.up_after is not None and n + 1 >= self.up_after:
+                    self.state[slot] = (2, self.state[slot][1])
+            code, out = super().__call__(argv)
+            self.log.append(("serving", tuple(sorted(s for s, st in haproxy.parse_servers_state(out).items()
+                                                     if st.serving))))
+            return code, out
+        if line == "show stat":
+            self.calls.append(line)
+            self.stat_polls += 1
+            scur = self.sessions if self.stat_polls <= self.idle_after else 0
+            rows = [f"slots,{s},0,0,{scur},0,,0" + ",0" * 20 for s in self.state]
+            return 0, "# pxname,svname,qcur,qmax,scur,smax,slim,stot" + ",x" * 20 + "\n" + "\n".join(rows) + "\n"
+        code, out = super().__call__(argv)
+        self.log.append(("set", line))
+        words = line.split()
+        if words[-1] == "ready":
+            # HAProxy marks a just-enabled server "starting" until its health check passes.
+            self.state[words[2].split("/")[1]] = (1, 0)
+            self.polls_since_enable[words[2].split("/")[1]] = 0
+        return code, out
+
+
+def test_shift_drains_the_old_slot_only_after_the_edge_confirms_the_new_one_serving():
+    edge = SlowEdge(up_after=3)
+    EdgeRuntime(edge).shift("green", "blue")
+    sets = [entry[1] for entry in edge.log if entry[0] == "set"]
+    assert sets == ["set server slots/green state ready", "set server slots/blue state drain"]
+    drain_at = edge.log.index(("set", "set server slots/blue state drain"))
+    seen_before_drain = [entry[1] for entry in edge.log[:drain_at] if entry[0] == "serving"]
+    assert seen_before_drain[-1] == ("blue", "green")      # confirmed: green serves (blue still does)
+    assert all("green" not in seen for seen in seen_before_drain[:-1])  # it took polls to come up
+    assert EdgeRuntime(edge).serving_slots() == ["green"]
+
+
+def test_shift_never_drains_the_old_slot_when_the_new_one_does_not_come_up():
+    edge = SlowEdge(up_after=None)
+    with pytest.raises(EdgeError, match="did not see slot green up"):
+        EdgeRuntime(edge).shift("green", "blue", up_timeout_s=0.3)
+    assert not any("slots/blue" in entry[1] for entry in edge.log if entry[0] == "set")
+    assert EdgeRuntime(edge).serving_slots() == ["blue"]
+
+
+def test_shift_calls_its_pause_points_with_the_edge_in_the_state_they_name():
+    edge = SlowEdge(up_after=1)
+    rt = EdgeRuntime(edge)
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    def at(point: str) -> None:
+        servers = rt.servers()
+        seen.append((point, rt.serving_slots(), sorted(s for s, st in servers.items() if st.draining)))
+
+    rt.shift("green", "blue", at=at)
+    assert seen == [("enabled", ["blue", "green"], []), ("drained", ["green"], ["blue"])]
+
+
+def test_shift_to_the_slot_already_live_drains_nothing():
+    edge = SlowEdge(up_after=1)
+    seen: list[str] = []
+    EdgeRuntime(edge).shift("blue", "blue", at=seen.append)
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == ["set server slots/blue state ready"]
+    assert seen == ["enabled"]
+
+
+def test_retire_waits_for_in_flight_requests_then_disables():
+    edge = SlowEdge(up_after=1, sessions=2, idle_after=3)
+    rt = EdgeRuntime(edge)
+    rt.shift("green", "blue")
+    rt.retire("blue", drain_timeout_s=30)
+    assert edge.stat_polls == 4   # three polls saw requests in flight, the fourth none
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
+    assert rt.serving_slots() == ["green"] and rt.servers()["blue"].maint
+
+
+def test_retire_gives_up_waiting_on_long_requests_and_disables_anyway():
+    edge = SlowEdge(up_after=1, sessions=1, idle_after=10**9)
+    rt = EdgeRuntime(edge)
+    rt.shift("green", "blue")
+    rt.retire("blue", drain_timeout_s=0.3)
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
+
+
+def test_flip_is_shift_then_retire():
+    edge = SlowEdge(up_after=2)
+    times = EdgeRuntime(edge).flip("green", "blue")
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == [
+        "set server slots/green state ready", "set server slots/blue state drain", "set server slots/blue state maint"]
+    assert set(times) == {"flip", "drain"} and all(t >= 0 for t in times.values())

@@ -1,0 +1,198 @@
+"""The compose switch flow (ComposeBackend.switch) without an engine: the order of its steps.
+
+Everything that touches the engine (slots, probes, smoke, confirm, watch) is replaced by a
+recorder; the edge is `EdgeRuntime` itself over a fake HAProxy runtime API (tests/unit/test_haproxy.py's
+SlowEdge), so the traffic moves run the same code as on a real edge. The ledger, the lock, the
+step records and haproxy.cfg on disk are real. The engine tests (tests/integration/test_compose_*.py)
+prove the same promises against real containers; these prove the order in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import probe
+from orchestrator.backends import compose as compose_mod
+from orchestrator.backends.compose import Candidate, ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
+from orchestrator.context import Context
+from orchestrator.errors import SwitchFailed
+from orchestrator.haproxy import EdgeRuntime, config_live_slot
+from orchestrator.resolve import Deployable
+from tests.unit.test_haproxy import SlowEdge
+
+ROOT = Path(__file__).resolve().parents[2]
+OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
+REPO = "127.0.0.1:1/aads-ulora"
+
+
+def digest(v: str) -> str:
+    return "sha256:" + (v.encode().hex() * 8)[:64]
+
+
+class RecordingCompose(ComposeBackend):
+    """ComposeBackend with its engine calls recorded instead of run; `fail_at` makes one of them raise."""
+
+    def __init__(self, ctx, target, spec, edge: SlowEdge, fail_at: str | None = None):
+        super().__init__(ctx, target, spec)
+        self.fake_edge = edge
+        self.rt = EdgeRuntime(self._exec)
+        self.fail_at = fail_at
+        self.events: list[str] = []
+        self.running: dict[str, str] = {"blue": f"{REPO}@{digest(OLD)}"}
+
+    def _exec(self, argv):
+        line = argv[-1]
+        if line.startswith("set "):
+            self.events.append("edge: " + line.removeprefix("set server slots/"))
+        return self.fake_edge(argv)
+
+    # engine-facing methods --------------------------------------------------------------------
+    def resolve(self, version, previous=None, tolerate_registry_down=False):
+        push = self.ctx.ledger.latest_push(version)
+        dep = Deployable(version, push.digest, push.image_ref, self.ctx.ledger.build(push.build_id), push)
+        return Candidate(version=version, digest=dep.digest, image=dep.image_ref, deployable=dep)
+
+    def reconcile(self, live):
+        return []
+
+    def slot_runs(self, slot, image):
+        return self.running.get(slot) == image
+
+    def ready_now(self, slot):
+        return slot in self.running
+
+    def check_gpu_room(self):
+        return None
+
+    def slot_image(self, cand):
+        return cand.image_ref
+
+    def start_slot(self, slot, image):
+        self.events.append(f"start {slot}")
+        self.running[slot] = image
+
+    def stop_slot(self, slot):
+        self.events.append(f"stop {slot}")
+        self.running.pop(slot, None)
+
+    def slot_exit_reason(self, slot):
+        return None
+
+    def smoke(self, slot, cand):
+        self.events.append(f"smoke {slot}")
+        if self.fail_at == "smoke":
+            raise SmokeFailed("golden images differ (on purpose)")
+
+    def edge(self):
+        return self.rt
+
+    def point_edge_at(self, rt, slot):
+        pass
+
+    def confirm(self, cand, timeout_s=15.0):
+        self.events.append(f"confirm (edge serves {'+'.join(self.rt.serving_slots())})")
+        if self.fail_at == "confirm":
+            raise ConfirmFailed("the edge does not serve the candidate (on purpose)")
+
+    def watch(self, rt, slot):
+        self.events.append("watch")
+        if self.fail_at == "watch":
+            raise WatchFailed("error rate 50% in the watch window (on purpose)")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
+        "registry": REPO, "state_dir": "state", "versions_dir": str(ROOT / "versions"), "default_target": "local",
+        "targets": {"local": {"kind": "compose", "compose_file": str(ROOT / "compose" / "compose.yaml"),
+                              "watch_s": 1, "ready_timeout_s": 5}},
+    }))
+    ctx = Context(config_path=str(tmp_path / "orchestrator.yaml"))
+    for v in (OLD, NEW):
+        build = ctx.ledger.record_build(version=v, variant="cpu", image_id=digest("image " + v),
+                                        manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
+        ctx.ledger.record_push(version=v, build_id=build.id, repository=REPO, tag=v, digest=digest(v))
+    ctx.ledger.set_live("local", version=OLD, digest=digest(OLD), image_ref=f"{REPO}@{digest(OLD)}", slot="blue")
+    ready: list[str] = []
+    monkeypatch.setattr(probe, "wait_ready", lambda url, timeout_s, abort=None: ready.append(url))
+
+    def make(fail_at: str | None = None, up_after: int = 3) -> RecordingCompose:
+        name, spec = ctx.config.target("local")
+        backend = RecordingCompose(ctx, name, spec, SlowEdge(up_after=up_after), fail_at=fail_at)
+        backend.write_edge_config("blue")
+        backend.ready_urls = ready
+        return backend
+
+    yield make
+    ctx.ledger.close()
+
+
+def test_the_switch_confirms_the_new_slot_serving_before_it_drains_the_old_one(project):
+    backend = project()
+    out = backend.switch(NEW)
+    assert out["outcome"] == "succeeded" and out["slot"] == "green" and out["to_version"] == NEW
+    assert backend.events == [
+        "start green", "smoke green",
+        "edge: green state ready", "edge: blue state drain",
+        "confirm (edge serves green)", "watch",
+        "edge: blue state maint", "stop blue",
+    ]
+    assert backend.ready_urls == [backend.slot_url("green")]
+    # The drain went out only after a poll of the edge had seen green serving.
+    log = backend.fake_edge.log
+    drain_at = log.index(("set", "set server slots/blue state drain"))
+    assert [e[1] for e in log[:drain_at] if e[0] == "serving"][-1] == ("blue", "green")
+    live = backend.ctx.ledger.live("local")
+    assert (live.version, live.slot, live.previous_version) == (NEW, "green", OLD)
+    assert config_live_slot(backend.cfg_path.read_text()) == "green"
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert sw.outcome == "succeeded"
+    assert list(sw.phases) == ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop",
+                               "finish"]
+
+
+def test_a_failed_smoke_never_touches_the_edge(project):
+    backend = project(fail_at="smoke")
+    with pytest.raises(SwitchFailed, match=r"failed at smoke.*v5.5.3-performance keeps serving"):
+        backend.switch(NEW)
+    assert backend.events == ["start green", "smoke green", "stop green"]
+    assert backend.fake_edge.log == []  # not one runtime API command
+    assert backend.ctx.ledger.live("local").version == OLD
+    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    assert backend.ctx.ledger.history("local")[-1].outcome == "failed"
+    assert digest(NEW) in backend.ctx.ledger.failed_digests()
+
+
+@pytest.mark.parametrize("fail_at", ["confirm", "watch"])
+def test_a_failure_after_the_flip_flips_back_before_stopping_the_candidate(project, fail_at):
+    backend = project(fail_at=fail_at)
+    with pytest.raises(SwitchFailed, match=rf"reverted at {fail_at}.*back on v5.5.3-performance"):
+        backend.switch(NEW)
+    flipped_back = backend.events.index("edge: blue state ready")
+    assert backend.events[flipped_back:] == ["edge: blue state ready", "edge: green state drain",
+                                             "edge: green state maint", "stop green"]
+    assert "stop blue" not in backend.events
+    assert backend.rt.serving_slots() == ["blue"]
+    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert sw.outcome == "reverted" and sw.reason.startswith(f"{fail_at}:")
+    assert [r["version"] for r in backend.ctx.ledger.failed_digests()[digest(NEW)]] == [NEW]
+    assert backend.ctx.ledger.live("local").version == OLD
+
+
+def test_the_flip_step_pauses_at_its_points_inside_the_step(project, monkeypatch, tmp_path):
+    """The crash test's pause points: at `flip:enabled` both slots serve, at `flip:drained` only the new."""
+    backend = project()
+    seen: list[tuple[str, list[str], str | None]] = []
+
+    def hook(point: str) -> None:
+        if point.startswith("flip:"):
+            step = backend.ctx.ledger.history("local")[-1].step
+            seen.append((point, backend.rt.serving_slots(), step))
+
+    monkeypatch.setattr(compose_mod, "pause_hook", hook)
+    backend.switch(NEW)
+    assert seen == [("flip:enabled", ["blue", "green"], "flip"), ("flip:drained", ["green"], "flip")]
