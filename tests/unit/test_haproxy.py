@@ -268,3 +268,145 @@ def test_flip_is_shift_then_retire():
     assert [entry[1] for entry in edge.log if entry[0] == "set"] == [
         "set server slots/green state ready", "set server slots/blue state drain", "set server slots/blue state maint"]
     assert set(times) == {"flip", "drain"} and all(t >= 0 for t in times.values())
+
+
+# -- the details the runtime client's answers depend on (each kills mutants `make mutation` found) ---
+
+def stat_csv(rows: list[dict[str, str]]) -> str:
+    cols = ["pxname", "svname", "scur", "stot", "status", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx",
+            "hrsp_other", "check_status"]
+    return "# " + ",".join(cols) + "\n" + "".join(",".join(r.get(c, "") for c in cols) + "\n" for r in rows)
+
+
+def test_parse_stat_counts_every_response_class_and_reads_blanks_as_zero():
+    text = stat_csv([
+        {"pxname": "slots", "svname": "FRONTEND", "stot": "99"},
+        {"pxname": "slots", "svname": "blue", "scur": "2", "stot": "17", "status": "UP", "hrsp_1xx": "1",
+         "hrsp_2xx": "10", "hrsp_3xx": "2", "hrsp_4xx": "3", "hrsp_5xx": "4", "hrsp_other": "5", "check_status": "L7OK"},
+        {"pxname": "slots", "svname": "green", "scur": "-", "stot": ""},
+        {"pxname": "slots", "svname": "BACKEND", "stot": "99"},
+        {"pxname": "other", "svname": "blue", "stot": "1000"},
+    ])
+    stats = haproxy.parse_stat(text)
+    assert set(stats) == {"blue", "green"}
+    blue, green = stats["blue"], stats["green"]
+    assert (blue.name, blue.status, blue.check_status) == ("blue", "UP", "L7OK")
+    assert (blue.current_sessions, blue.total_sessions, blue.http_5xx, blue.http_total) == (2, 17, 4, 25)
+    assert (green.name, green.current_sessions, green.total_sessions, green.http_total) == ("green", 0, 0, 0)
+    assert (green.status, green.check_status) == ("", "")
+    assert haproxy.parse_stat(text, backend="other")["blue"].total_sessions == 1000
+
+
+def test_parse_stat_without_the_optional_columns():
+    stats = haproxy.parse_stat("# pxname,svname,scur\nslots,blue,3\n")
+    assert stats["blue"] == haproxy.ServerStat("blue", "", 3, 0, 0, 0, "")
+
+
+@pytest.mark.parametrize("answer, shown", [
+    ("Unknown command.\nmore\n", "Unknown command."),
+    ("", "(empty)"),
+    ("   \n", "(empty)"),
+    ("x" * 300, "x" * 200),
+])
+def test_garbage_answers_are_named_in_the_error(answer, shown):
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_stat(answer)
+    assert str(err.value) == f"unexpected answer to `show stat`: {shown}"
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_servers_state(answer)
+    assert str(err.value) == f"unexpected answer to `show servers state`: {shown}"
+
+
+def test_render_config_leaves_the_live_line_as_written_and_names_an_unknown_slot():
+    text = haproxy.render_config(TEMPLATE, "green")
+    expected = TEMPLATE.replace("${green_state}", "").replace("${blue_state}", "disabled")
+    assert text == expected
+    with pytest.raises(ValueError, match="unknown slot 'red'"):
+        haproxy.render_config(TEMPLATE, "red")
+
+
+@pytest.mark.parametrize("weight, ok", [(0, True), (256, True), (257, False), (-1, False)])
+def test_weight_limits_are_haproxys(weight, ok):
+    if ok:
+        assert haproxy.weight_commands("green", weight) == [f"set weight slots/green {weight}"]
+    else:
+        with pytest.raises(ValueError, match=f"weight must be 0..256, got {weight}"):
+            haproxy.weight_commands("green", weight)
+
+
+def test_write_config_renames_a_temp_file_from_the_same_folder(tmp_path, monkeypatch):
+    """The rename is atomic only within one filesystem: the temp file must sit beside the config."""
+    path = tmp_path / "edge" / "haproxy.cfg"
+    renamed: list[tuple[str, str]] = []
+    real_replace = haproxy.os.replace
+    monkeypatch.setattr(haproxy.os, "replace", lambda src, dst: (renamed.append((src, dst)), real_replace(src, dst)))
+    haproxy.write_config(path, "one\n")
+    (src, dst), = renamed
+    assert Path(src).parent == path.parent and Path(dst) == path
+    assert Path(src).name.startswith(".haproxy.") and Path(src).name.endswith(".tmp")  # hidden, never *.cfg
+
+
+def test_write_config_that_fails_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "haproxy.cfg"
+    haproxy.write_config(path, "old\n")
+
+    def broken(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(haproxy.os, "replace", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        haproxy.write_config(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["haproxy.cfg"]
+
+
+def test_a_refused_set_command_is_an_error_naming_the_command():
+    rt = EdgeRuntime(lambda argv: (0, "No such server.\n"))
+    with pytest.raises(EdgeError) as err:
+        rt.enable("green")
+    assert str(err.value) == "edge refused `set server slots/green state ready`: No such server."
+
+
+def test_stats_and_servers_read_the_runtimes_own_backend():
+    answer = stat_csv([{"pxname": "slots", "svname": "blue", "stot": "1"},
+                       {"pxname": "edge2", "svname": "blue", "stot": "2"}])
+    rt = EdgeRuntime(lambda argv: (0, answer), backend="edge2")
+    assert rt.stats()["blue"].total_sessions == 2
+    seen: list[str] = []
+    rt2 = EdgeRuntime(lambda argv: (seen.append(argv[-1]), (0, SERVERS_STATE.replace(" slots ", " edge2 ")))[1],
+                      backend="edge2")
+    assert set(rt2.servers()) == {"blue", "green"} and seen == ["show servers state edge2"]
+
+
+def test_waits_return_the_seconds_they_took():
+    edge = SlowEdge(up_after=2, sessions=1, idle_after=2)
+    rt = EdgeRuntime(edge)
+    rt.enable("green")
+    assert 0 <= rt.wait_up("green") < 60
+    assert 0 <= rt.wait_idle("blue") < 60
+    assert 0 <= rt.shift("blue", "green") < 60
+    assert 0 <= rt.retire("green") < 60
+
+
+def test_wait_up_says_what_state_the_slot_is_stuck_in():
+    edge = SlowEdge(up_after=None)
+    rt = EdgeRuntime(edge)
+    rt.enable("green")
+    with pytest.raises(EdgeError, match=r"did not see slot green up within 0.2s \(starting, admin 0\)"):
+        rt.wait_up("green", timeout_s=0.2)
+    with pytest.raises(EdgeError, match=r"did not see slot red up within 0.2s \(missing\)"):
+        rt.wait_up("red", timeout_s=0.2)
+
+
+def test_flip_without_an_old_slot_only_enables_and_reports_no_drain():
+    edge = SlowEdge(up_after=1)
+    times = EdgeRuntime(edge).flip("green", None)
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == ["set server slots/green state ready"]
+    assert times["drain"] == 0.0 and times["flip"] >= 0
+
+
+def test_flip_passes_its_drain_bound_to_retire():
+    edge = SlowEdge(up_after=1, sessions=1, idle_after=10**9)
+    times = EdgeRuntime(edge).flip("green", "blue", drain_timeout_s=0.3)
+    assert 0.3 <= times["drain"] < 30
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
