@@ -48,7 +48,8 @@ test: install engine models  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25
 
 # The functions that carry the release promises ([tool.mutmut] in pyproject.toml picks the fast tests).
-MUTATION_SCOPE := 'orchestrator.haproxy.*' 'orchestrator.resolve.*' 'orchestrator.switchflow.*' \
+MUTATION_SCOPE := 'orchestrator.haproxy.*' 'orchestrator.resolve.*' \
+	'orchestrator.switchflow.x*Steps*' 'orchestrator.switchflow.x_pause_hook__mutmut_*' \
 	'orchestrator.backends.compose.x*ComposeBackend*_switch_locked__mutmut_*' \
 	'orchestrator.backends.compose.x*ComposeBackend*_fail__mutmut_*' \
 	'orchestrator.backup.verify.*' 'serving.pipeline.x*Pipeline*_decide__mutmut_*'

@@ -217,7 +217,7 @@ def test_shift_drains_the_old_slot_only_after_the_edge_confirms_the_new_one_serv
 
 def test_shift_never_drains_the_old_slot_when_the_new_one_does_not_come_up():
     edge = SlowEdge(up_after=None)
-    with pytest.raises(EdgeError, match="did not see slot green up"):
+    with pytest.raises(EdgeError, match=r"did not see slot green up within 0.3s"):
         EdgeRuntime(edge).shift("green", "blue", up_timeout_s=0.3)
     assert not any("slots/blue" in entry[1] for entry in edge.log if entry[0] == "set")
     assert EdgeRuntime(edge).serving_slots() == ["blue"]
@@ -258,7 +258,7 @@ def test_retire_gives_up_waiting_on_long_requests_and_disables_anyway():
     edge = SlowEdge(up_after=1, sessions=1, idle_after=10**9)
     rt = EdgeRuntime(edge)
     rt.shift("green", "blue")
-    rt.retire("blue", drain_timeout_s=0.3)
+    assert 0.3 <= rt.retire("blue", drain_timeout_s=0.3) < 30  # its own bound, not the 30 s default
     assert edge.log[-1] == ("set", "set server slots/blue state maint")
 
 
@@ -410,3 +410,49 @@ def test_flip_passes_its_drain_bound_to_retire():
     times = EdgeRuntime(edge).flip("green", "blue", drain_timeout_s=0.3)
     assert 0.3 <= times["drain"] < 30
     assert edge.log[-1] == ("set", "set server slots/blue state maint")
+
+
+def test_an_unknown_operational_state_is_shown_by_its_number():
+    edge = SlowEdge(up_after=None)
+    edge.state["green"] = (7, 4)
+    with pytest.raises(EdgeError, match=r"within 0.1s \(7, admin 4\)"):
+        EdgeRuntime(edge).wait_up("green", timeout_s=0.1)
+    edge.state["green"] = (3, 0)
+    with pytest.raises(EdgeError, match=r"\(stopping, admin 0\)"):
+        EdgeRuntime(edge).wait_up("green", timeout_s=0.1)
+
+
+def test_check_answer_names_every_command_of_the_session():
+    with pytest.raises(EdgeError) as err:
+        haproxy.check_answer(["set server slots/blue state drain", "set server slots/green state ready"],
+                             "\nNo such server.\n")
+    assert str(err.value) == ("edge refused `set server slots/blue state drain; set server slots/green state ready`: "
+                              "No such server.")
+
+
+def test_parse_servers_state_skips_other_backends_wherever_they_are():
+    header, ours = SERVERS_STATE.splitlines()[1], SERVERS_STATE.splitlines()[2:4]
+    other = "4 other 1 web 10.0.0.9 2 0 1 1 3 15 3 2 6 0 0 0 web 8000 - 0 0 - - 0"
+    servers = haproxy.parse_servers_state("\n".join(["1", header, other, *ours, other]) + "\n")
+    assert sorted(servers) == ["blue", "green"]
+    assert servers["blue"].name == "blue" and servers["green"].name == "green"
+
+
+@pytest.mark.parametrize("answer, message", [
+    ("1\n3 slots 1 blue 172.20.0.3 2 0 1 1\n", "`show servers state` answered without a header line"),
+    ("1\n", "`show servers state` answered without a header line"),
+    ("1\n# be_id be_name srv_id srv_name\n3 slots 1 blue\n", "cannot read `show servers state` line: 3 slots 1 blue"),
+])
+def test_parse_servers_state_names_what_is_wrong(answer, message):
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_servers_state(answer)
+    assert str(err.value) == message
+
+
+def test_builders_name_what_they_refuse():
+    with pytest.raises(ValueError) as err:
+        haproxy.server("red")
+    assert str(err.value) == "unknown slot 'red' (expected one of blue, green)"
+    with pytest.raises(ValueError) as err:
+        haproxy.runtime_argv([])
+    assert str(err.value) == "runtime API commands must be one non-empty line"
