@@ -58,6 +58,7 @@ def test_the_pushed_digest_resolves_when_the_tag_still_points_at_it(ctx, registr
     assert dep.version == VERSION and dep.digest == digest(VERSION)
     assert dep.image_ref == f"{repo}@{digest(VERSION)}"
     assert dep.build.image_id == digest("image " + VERSION)
+    assert dep.push == ctx.ledger.latest_push(VERSION) and dep.build == ctx.ledger.build(dep.push.build_id)
 
 
 def test_a_moved_tag_is_refused_as_tampering(ctx, registry):
@@ -116,4 +117,18 @@ def test_built_but_not_pushed_and_not_built_say_what_to_run(ctx):
     ctx.ledger.record_build(version=VERSION, variant="cpu", image_id=digest("image"), manifest_sha256="0" * 64,
                             git_commit=None, size_bytes=None, golden=[])
     with pytest.raises(UsageError, match=rf"built but not pushed: run `orchestrator push {VERSION}`"):
+        resolve(ctx, VERSION)
+
+
+def test_a_push_recorded_by_a_local_restore_is_not_checked_against_the_registry(ctx, registry):
+    """An air-gapped host restored the image from a backup: no registry holds the tag, nothing to compare."""
+    build = ctx.ledger.record_build(version=VERSION, variant="cpu", image_id=digest("image"), manifest_sha256="0" * 64,
+                                    git_commit=None, size_bytes=None, golden=[])
+    ctx.ledger.record_push(version=VERSION, build_id=build.id, repository=f"{registry.host}/{NAME}", tag=VERSION,
+                           digest=digest(VERSION), origin="restore-local")
+    assert (NAME, VERSION) not in registry.tags
+    assert resolve(ctx, VERSION).digest == digest(VERSION)
+    ctx.ledger.record_push(version=VERSION, build_id=build.id, repository=f"{registry.host}/{NAME}", tag=VERSION,
+                           digest=digest(VERSION), origin="push")
+    with pytest.raises(TamperError, match="is gone"):  # a normal push is checked
         resolve(ctx, VERSION)
