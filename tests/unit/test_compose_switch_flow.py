@@ -18,7 +18,7 @@ from orchestrator import probe
 from orchestrator.backends import compose as compose_mod
 from orchestrator.backends.compose import Candidate, ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
 from orchestrator.context import Context
-from orchestrator.errors import SwitchFailed
+from orchestrator.errors import EngineError, SwitchFailed
 from orchestrator.haproxy import EdgeRuntime, config_live_slot
 from orchestrator.resolve import Deployable
 from tests.unit.test_haproxy import SlowEdge
@@ -43,7 +43,11 @@ class RecordingCompose(ComposeBackend):
         self.events: list[str] = []
         self.running: dict[str, str] = {"blue": f"{REPO}@{digest(OLD)}"}
 
+    edge_dead = False
+
     def _exec(self, argv):
+        if self.edge_dead:
+            return 126, "OCI runtime exec failed: container not running\n"
         line = argv[-1]
         if line.startswith("set "):
             self.events.append("edge: " + line.removeprefix("set server slots/"))
@@ -72,6 +76,8 @@ class RecordingCompose(ComposeBackend):
 
     def start_slot(self, slot, image):
         self.events.append(f"start {slot}")
+        if self.fail_at == "start":
+            raise EngineError("the Docker engine went away (on purpose)")
         self.running[slot] = image
 
     def stop_slot(self, slot):
@@ -94,6 +100,9 @@ class RecordingCompose(ComposeBackend):
 
     def confirm(self, cand, timeout_s=15.0):
         self.events.append(f"confirm (edge serves {'+'.join(self.rt.serving_slots())})")
+        if self.fail_at == "confirm and the edge dies":
+            self.edge_dead = True
+            raise ConfirmFailed("the edge does not serve the candidate (on purpose)")
         if self.fail_at == "confirm":
             raise ConfirmFailed("the edge does not serve the candidate (on purpose)")
 
@@ -154,20 +163,46 @@ def test_the_switch_confirms_the_new_slot_serving_before_it_drains_the_old_one(p
                                "finish"]
 
 
-def test_a_failed_smoke_never_touches_the_edge(project):
+def test_a_failed_smoke_never_touches_the_edge(project, capsys):
     backend = project(fail_at="smoke")
-    with pytest.raises(SwitchFailed, match=r"failed at smoke.*v5.5.3-performance keeps serving"):
+    with pytest.raises(SwitchFailed) as err:
         backend.switch(NEW)
+    assert str(err.value) == (f"switch to {NEW} failed at smoke: golden images differ (on purpose) "
+                              f"({OLD} keeps serving)")
+    assert f"✗ switch to {NEW} failed at smoke: golden images differ (on purpose)" in capsys.readouterr().err
     assert backend.events == ["start green", "smoke green", "stop green"]
     assert backend.fake_edge.log == []  # not one runtime API command
     assert backend.ctx.ledger.live("local").version == OLD
     assert config_live_slot(backend.cfg_path.read_text()) == "blue"
-    assert backend.ctx.ledger.history("local")[-1].outcome == "failed"
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert (sw.outcome, sw.reason) == ("failed", "smoke: golden images differ (on purpose)")
     assert digest(NEW) in backend.ctx.ledger.failed_digests()
 
 
+def test_a_failure_that_is_not_the_candidates_does_not_mark_its_digest(project):
+    backend = project(fail_at="start")
+    with pytest.raises(SwitchFailed, match="failed at start: the Docker engine went away"):
+        backend.switch(NEW)
+    assert backend.ctx.ledger.failed_digests() == {}
+    assert backend.ctx.ledger.history("local")[-1].outcome == "failed"
+    assert backend.fake_edge.log == []
+
+
+def test_when_flipping_back_fails_the_reason_says_so_and_the_file_names_the_live_slot(project, capsys):
+    backend = project(fail_at="confirm and the edge dies")
+    with pytest.raises(SwitchFailed) as err:
+        backend.switch(NEW)
+    message = str(err.value)
+    assert message.startswith(f"switch to {NEW} reverted at confirm: the edge does not serve the candidate "
+                              "(on purpose); flipping back failed: edge runtime API failed (exit 126)"), message
+    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert sw.outcome == "reverted" and "; flipping back failed: edge runtime API failed" in sw.reason
+    assert "edge flipped back" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fail_at", ["confirm", "watch"])
-def test_a_failure_after_the_flip_flips_back_before_stopping_the_candidate(project, fail_at):
+def test_a_failure_after_the_flip_flips_back_before_stopping_the_candidate(project, fail_at, capsys):
     backend = project(fail_at=fail_at)
     with pytest.raises(SwitchFailed, match=rf"reverted at {fail_at}.*back on v5.5.3-performance"):
         backend.switch(NEW)
@@ -181,6 +216,7 @@ def test_a_failure_after_the_flip_flips_back_before_stopping_the_candidate(proje
     assert sw.outcome == "reverted" and sw.reason.startswith(f"{fail_at}:")
     assert [r["version"] for r in backend.ctx.ledger.failed_digests()[digest(NEW)]] == [NEW]
     assert backend.ctx.ledger.live("local").version == OLD
+    assert f"edge flipped back to blue ({OLD})" in capsys.readouterr().err
 
 
 def test_the_flip_step_pauses_at_its_points_inside_the_step(project, monkeypatch, tmp_path):
