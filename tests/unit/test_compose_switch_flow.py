@@ -18,7 +18,7 @@ from orchestrator import probe
 from orchestrator.backends import compose as compose_mod
 from orchestrator.backends.compose import Candidate, ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
 from orchestrator.context import Context
-from orchestrator.errors import EngineError, SwitchFailed
+from orchestrator.errors import EngineError, SwitchFailed, TamperError
 from orchestrator.haproxy import EdgeRuntime, config_live_slot
 from orchestrator.resolve import Deployable
 from tests.unit.test_haproxy import SlowEdge
@@ -55,6 +55,8 @@ class RecordingCompose(ComposeBackend):
 
     # engine-facing methods --------------------------------------------------------------------
     def resolve(self, version, previous=None, tolerate_registry_down=False):
+        if self.fail_at == "resolve":
+            raise TamperError(f"registry tag {REPO}:{version} moved (on purpose)")
         push = self.ctx.ledger.latest_push(version)
         dep = Deployable(version, push.digest, push.image_ref, self.ctx.ledger.build(push.build_id), push)
         return Candidate(version=version, digest=dep.digest, image=dep.image_ref, deployable=dep)
@@ -232,3 +234,69 @@ def test_the_flip_step_pauses_at_its_points_inside_the_step(project, monkeypatch
     monkeypatch.setattr(compose_mod, "pause_hook", hook)
     backend.switch(NEW)
     assert seen == [("flip:enabled", ["blue", "green"], "flip"), ("flip:drained", ["green"], "flip")]
+
+
+def test_the_switch_record_holds_what_a_repair_needs(project):
+    backend = project()
+    backend.switch(NEW)
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert (sw.action, sw.from_version, sw.to_version, sw.digest) == ("switch", OLD, NEW, digest(NEW))
+    assert {k: sw.data[k] for k in ("live_slot", "candidate_slot", "keep_previous", "live_image")} == {
+        "live_slot": "blue", "candidate_slot": "green", "keep_previous": False, "live_image": f"{REPO}@{digest(OLD)}"}
+    assert (sw.data["image"], sw.data["digest"], sw.data["version"]) == (f"{REPO}@{digest(NEW)}", digest(NEW), NEW)
+
+
+def test_switching_to_the_live_version_is_a_recorded_noop(project, capsys):
+    backend = project()
+    out = backend.switch(OLD)
+    reason = f"{OLD} is already live on local (slot blue); nothing to do"
+    assert out == {"outcome": "noop", "target": "local", "from_version": OLD, "to_version": OLD,
+                   "digest": digest(OLD), "slot": "blue", "reason": reason, "phases": {}, "repaired": [],
+                   "interrupted": []}
+    assert backend.events == [] and backend.fake_edge.log == []
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert (sw.action, sw.outcome, sw.reason, sw.from_version, sw.to_version, sw.digest) == (
+        "switch", "noop", reason, OLD, OLD, digest(OLD))
+    assert reason in capsys.readouterr().err
+
+
+def test_the_live_version_pushed_again_is_deployed_not_a_noop(project):
+    backend = project()
+    ledger = backend.ctx.ledger
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+                       digest=digest("rebuilt"))
+    out = backend.switch(OLD)
+    assert out["outcome"] == "succeeded" and out["digest"] == digest("rebuilt") and out["slot"] == "green"
+    assert ledger.history("local")[-1].digest == digest("rebuilt")
+
+
+def test_a_rollback_to_the_warm_previous_slot_only_flips(project):
+    backend = project()
+    backend.switch(NEW, keep_previous=True)
+    assert "stop blue" not in backend.events and backend.running["blue"] == f"{REPO}@{digest(OLD)}"
+    backend.events.clear()
+    out = backend.rollback()
+    assert out["outcome"] == "succeeded" and out["to_version"] == OLD and out["warm"] is True
+    assert backend.events == ["edge: blue state ready", "edge: green state drain", "confirm (edge serves blue)",
+                              "watch", "edge: green state maint", "stop green"]  # no start, no smoke
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert (sw.action, sw.digest, sw.outcome) == ("rollback", digest(OLD), "succeeded")
+    live = backend.ctx.ledger.live("local")
+    assert (live.version, live.slot, live.previous_version) == (OLD, "blue", NEW)
+
+
+def test_a_switch_to_the_previous_version_is_smoked_even_when_warm(project):
+    backend = project()
+    backend.switch(NEW, keep_previous=True)
+    backend.events.clear()
+    backend.switch(OLD)   # not a rollback: the warm slot is smoke-tested again
+    assert backend.events[:2] == ["smoke blue", "edge: blue state ready"]
+
+
+def test_a_tampered_candidate_keeps_its_exit_code_and_starts_nothing(project):
+    backend = project(fail_at="resolve")
+    with pytest.raises(SwitchFailed) as err:
+        backend.switch(NEW)
+    assert err.value.exit_code == TamperError.exit_code != SwitchFailed.exit_code
+    assert "failed at resolve: registry tag" in str(err.value)
+    assert backend.events == [] and backend.ctx.ledger.failed_digests() == {}
