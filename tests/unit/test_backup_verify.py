@@ -63,3 +63,16 @@ def test_a_failed_first_verify_records_at_least_the_archive_name(tmp_path):
     side = json.loads(sidecar_path(bad).read_text())
     assert side["archive"] == bad.name and side["verified"]["ok"] is False
     assert "version" not in side
+
+
+def test_the_report_lists_each_checked_member_with_its_size_and_checksum(tmp_path):
+    from orchestrator.backup.archive import open_archive
+    from orchestrator.backup.reader import scan
+
+    path = make_archive(tmp_path)
+    report = verify_archive(path)
+    sums = open_archive(path).sums.entries
+    sizes = {m.name: m.size for m in scan(path)}
+    assert report["members"] == [{"name": name, "size": sizes[name], "sha256": sums[name]}
+                                 for name in sizes if name in sums]
+    assert len(report["members"]) >= 3 and all(len(m["sha256"]) == 64 for m in report["members"])

@@ -456,3 +456,60 @@ def test_builders_name_what_they_refuse():
     with pytest.raises(ValueError) as err:
         haproxy.runtime_argv([])
     assert str(err.value) == "runtime API commands must be one non-empty line"
+
+
+def test_set_addr_and_weight_send_one_checked_command():
+    sent: list[str] = []
+    rt = EdgeRuntime(lambda argv: (sent.append(argv[-1]), (0, "IP changed from '172.19.0.3' to '10.0.0.9'\n"))[1])
+    rt.set_addr("green", "10.0.0.9")
+    rt.set_addr("blue", "10.0.0.8", port=9000)
+    assert sent == ["set server slots/green addr 10.0.0.9 port 8000", "set server slots/blue addr 10.0.0.8 port 9000"]
+    sent.clear()
+    rt = EdgeRuntime(lambda argv: (sent.append(argv[-1]), (0, "\n"))[1])
+    rt.set_weight("blue", 128)
+    assert sent == ["set weight slots/blue 128"]
+    with pytest.raises(EdgeError, match="edge refused `set weight slots/blue 1`: No such server."):
+        EdgeRuntime(lambda argv: (0, "No such server.\n")).set_weight("blue", 1)
+
+
+class FakeContainer:
+    """What EdgeRuntime.for_container uses of a docker-py Container: exec_run(argv, demux=False)."""
+
+    def __init__(self, answer=None, error: Exception | None = None):
+        self.answer, self.error, self.argv = answer, error, None
+
+    def exec_run(self, argv, demux=False):
+        assert demux is False
+        self.argv = argv
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def test_for_container_runs_the_command_through_docker_exec():
+    c = FakeContainer(answer=(0, SERVERS_STATE.encode()))
+    rt = EdgeRuntime.for_container(c)
+    assert set(rt.servers()) == {"blue", "green"}
+    assert c.argv == haproxy.runtime_argv(["show servers state slots"])
+    empty = EdgeRuntime.for_container(FakeContainer(answer=(0, None)))
+    assert empty.command("show info") == ""
+    bad_bytes = EdgeRuntime.for_container(FakeContainer(answer=(0, b"\xff ok\n")))
+    assert bad_bytes.command("show info") == "\ufffd ok\n"
+
+
+def test_for_container_turns_engine_errors_into_one_edge_error():
+    class APIError(Exception):
+        explanation = "container 1a2b is not running"
+
+    rt = EdgeRuntime.for_container(FakeContainer(error=APIError("409 Client Error")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "cannot reach the edge's runtime API (APIError: container 1a2b is not running)"
+    rt = EdgeRuntime.for_container(FakeContainer(error=RuntimeError("engine gone")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "cannot reach the edge's runtime API (RuntimeError: engine gone)"
+    rt = EdgeRuntime.for_container(FakeContainer(answer=(1, b"socat: connection refused\nmore\n")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "edge runtime API failed (exit 1): socat: connection refused"
