@@ -41,6 +41,8 @@ class RecordingCompose(ComposeBackend):
         self.rt = EdgeRuntime(self._exec)
         self.fail_at = fail_at
         self.events: list[str] = []
+        self.confirmed: list[str] = []
+        self.watched: list[str] = []
         self.running: dict[str, str] = {"blue": f"{REPO}@{digest(OLD)}"}
 
     edge_dead = False
@@ -57,9 +59,7 @@ class RecordingCompose(ComposeBackend):
     def resolve(self, version, previous=None, tolerate_registry_down=False):
         if self.fail_at == "resolve":
             raise TamperError(f"registry tag {REPO}:{version} moved (on purpose)")
-        push = self.ctx.ledger.latest_push(version)
-        dep = Deployable(version, push.digest, push.image_ref, self.ctx.ledger.build(push.build_id), push)
-        return Candidate(version=version, digest=dep.digest, image=dep.image_ref, deployable=dep)
+        return super().resolve(version, previous, tolerate_registry_down)
 
     def reconcile(self, live):
         return []
@@ -84,6 +84,8 @@ class RecordingCompose(ComposeBackend):
 
     def stop_slot(self, slot):
         self.events.append(f"stop {slot}")
+        if self.fail_at == "stop" and self.running.get(slot, "").endswith(digest(OLD)):
+            raise EngineError("compose stop failed (on purpose)")
         self.running.pop(slot, None)
 
     def slot_exit_reason(self, slot):
@@ -101,6 +103,7 @@ class RecordingCompose(ComposeBackend):
         pass
 
     def confirm(self, cand, timeout_s=15.0):
+        self.confirmed.append(cand.version)
         self.events.append(f"confirm (edge serves {'+'.join(self.rt.serving_slots())})")
         if self.fail_at == "confirm and the edge dies":
             self.edge_dead = True
@@ -109,6 +112,8 @@ class RecordingCompose(ComposeBackend):
             raise ConfirmFailed("the edge does not serve the candidate (on purpose)")
 
     def watch(self, rt, slot):
+        assert rt is self.rt
+        self.watched.append(slot)
         self.events.append("watch")
         if self.fail_at == "watch":
             raise WatchFailed("error rate 50% in the watch window (on purpose)")
@@ -116,6 +121,10 @@ class RecordingCompose(ComposeBackend):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
+    # No registry here: the tag check is tests/unit/test_resolve.py's; the rest of resolve runs as is.
+    real_resolve = compose_mod.resolve
+    monkeypatch.setattr(compose_mod, "resolve", lambda ctx, version, check_registry=True: real_resolve(
+        ctx, version, check_registry=False))
     (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
         "registry": REPO, "state_dir": "state", "versions_dir": str(ROOT / "versions"), "default_target": "local",
         "targets": {"local": {"kind": "compose", "compose_file": str(ROOT / "compose" / "compose.yaml"),
@@ -130,8 +139,9 @@ def project(tmp_path, monkeypatch):
     ready: list[str] = []
     monkeypatch.setattr(probe, "wait_ready", lambda url, timeout_s, abort=None: ready.append(url))
 
-    def make(fail_at: str | None = None, up_after: int = 3) -> RecordingCompose:
+    def make(fail_at: str | None = None, up_after: int = 3, watch_s: float = 1) -> RecordingCompose:
         name, spec = ctx.config.target("local")
+        spec = spec.model_copy(update={"watch_s": watch_s})
         backend = RecordingCompose(ctx, name, spec, SlowEdge(up_after=up_after), fail_at=fail_at)
         backend.write_edge_config("blue")
         backend.ready_urls = ready
@@ -300,3 +310,61 @@ def test_a_tampered_candidate_keeps_its_exit_code_and_starts_nothing(project):
     assert err.value.exit_code == TamperError.exit_code != SwitchFailed.exit_code
     assert "failed at resolve: registry tag" in str(err.value)
     assert backend.events == [] and backend.ctx.ledger.failed_digests() == {}
+
+
+def test_the_result_of_a_switch_says_what_happened(project):
+    backend = project()
+    out = backend.switch(NEW)
+    assert {k: out[k] for k in ("outcome", "target", "from_version", "to_version", "digest", "slot", "reason",
+                                "warm", "kept_previous", "repaired", "interrupted")} == {
+        "outcome": "succeeded", "target": "local", "from_version": OLD, "to_version": NEW, "digest": digest(NEW),
+        "slot": "green", "reason": None, "warm": False, "kept_previous": False, "repaired": [], "interrupted": []}
+    assert isinstance(out["traffic_switched_s"], float) and out["traffic_switched_s"] >= 0
+    assert list(out["phases"]) == ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop",
+                                   "finish"]
+    assert backend.confirmed == [NEW] and backend.watched == ["green"]
+    assert backend.ctx.ledger.history("local")[-1].reason is None
+
+
+def test_without_a_watch_window_there_is_no_watch_step(project):
+    backend = project(watch_s=0)
+    out = backend.switch(NEW)
+    assert "watch" not in backend.events and "watch" not in out["phases"]
+
+
+def test_an_old_slot_that_will_not_stop_is_a_note_not_a_failure(project, capsys):
+    backend = project(fail_at="stop")
+    out = backend.switch(NEW)
+    assert out["outcome"] == "succeeded" and out["reason"] == "old slot not stopped: compose stop failed (on purpose)"
+    assert backend.ctx.ledger.history("local")[-1].reason == out["reason"]
+    assert backend.ctx.ledger.live("local").version == NEW
+    assert "warning: old slot not stopped" in capsys.readouterr().err
+
+
+def test_an_old_slot_the_edge_will_not_disable_is_a_note_too(project):
+    backend = project()
+    real = backend._exec
+
+    def refuse_maint(argv):
+        return (0, "No such server.\n") if argv[-1].endswith("state maint") else real(argv)
+
+    backend.rt = EdgeRuntime(refuse_maint)
+    out = backend.switch(NEW)
+    assert out["outcome"] == "succeeded"
+    assert out["reason"] == "old slot not disabled in the edge: edge refused `set server slots/blue state maint`: " \
+                            "No such server."
+
+
+def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_push(project):
+    backend = project()
+    backend.switch(NEW)
+    ledger = backend.ctx.ledger
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+                       digest=digest("pushed again"))
+    out = backend.rollback()
+    assert out["to_version"] == OLD and out["digest"] == digest(OLD) and out["slot"] == "blue"
+    assert backend.running["blue"] == f"{REPO}@{digest(OLD)}"
+    assert ledger.history("local")[-1].digest == digest(OLD)
+    again = backend.switch(NEW)
+    assert again["from_version"] == OLD and again["slot"] == "green"
+    assert backend.switch(OLD)["digest"] == digest("pushed again")  # a switch takes the newest push

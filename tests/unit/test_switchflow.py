@@ -21,7 +21,7 @@ def test_the_pause_hook_does_nothing_unless_its_point_is_named(monkeypatch, tmp_
 def test_the_pause_hook_says_where_it_waits_and_goes_on_when_the_file_is_deleted(monkeypatch, tmp_path):
     reached = tmp_path / "reached"
     monkeypatch.setenv("AADS_PAUSE_AT_STEP", "flip:enabled")
-    monkeypatch.setenv("AADS_PAUSE_SECONDS", "600")
+    monkeypatch.delenv("AADS_PAUSE_SECONDS", raising=False)  # the 60 s default
     monkeypatch.setenv("AADS_PAUSE_REACHED_FILE", str(reached))
     waiter = threading.Thread(target=switchflow.pause_hook, args=("flip:enabled",), daemon=True)
     waiter.start()
