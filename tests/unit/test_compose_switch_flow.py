@@ -18,7 +18,7 @@ from orchestrator import probe
 from orchestrator.backends import compose as compose_mod
 from orchestrator.backends.compose import Candidate, ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
 from orchestrator.context import Context
-from orchestrator.errors import EngineError, SwitchFailed, TamperError
+from orchestrator.errors import EngineError, RegistryError, SwitchFailed, TamperError
 from orchestrator.haproxy import EdgeRuntime, config_live_slot
 from orchestrator.resolve import Deployable
 from tests.unit.test_haproxy import SlowEdge
@@ -42,6 +42,9 @@ class RecordingCompose(ComposeBackend):
         self.fail_at = fail_at
         self.events: list[str] = []
         self.confirmed: list[str] = []
+        self.smoked: list[str] = []
+        self.pointed: list[str] = []
+        self.reconciled: list[str] = []
         self.watched: list[str] = []
         self.running: dict[str, str] = {"blue": f"{REPO}@{digest(OLD)}"}
 
@@ -62,6 +65,7 @@ class RecordingCompose(ComposeBackend):
         return super().resolve(version, previous, tolerate_registry_down)
 
     def reconcile(self, live):
+        self.reconciled.append(live.version)
         return []
 
     def slot_runs(self, slot, image):
@@ -71,7 +75,7 @@ class RecordingCompose(ComposeBackend):
         return slot in self.running
 
     def check_gpu_room(self):
-        return None
+        return "the GPU has 100 MiB free (on purpose)" if self.fail_at == "gpu" else None
 
     def slot_image(self, cand):
         return cand.image_ref
@@ -89,9 +93,10 @@ class RecordingCompose(ComposeBackend):
         self.running.pop(slot, None)
 
     def slot_exit_reason(self, slot):
-        return None
+        return f"{slot} exited (asked)"
 
     def smoke(self, slot, cand):
+        self.smoked.append(cand.version)
         self.events.append(f"smoke {slot}")
         if self.fail_at == "smoke":
             raise SmokeFailed("golden images differ (on purpose)")
@@ -100,7 +105,8 @@ class RecordingCompose(ComposeBackend):
         return self.rt
 
     def point_edge_at(self, rt, slot):
-        pass
+        assert rt is self.rt
+        self.pointed.append(slot)
 
     def confirm(self, cand, timeout_s=15.0):
         self.confirmed.append(cand.version)
@@ -123,8 +129,14 @@ class RecordingCompose(ComposeBackend):
 def project(tmp_path, monkeypatch):
     # No registry here: the tag check is tests/unit/test_resolve.py's; the rest of resolve runs as is.
     real_resolve = compose_mod.resolve
-    monkeypatch.setattr(compose_mod, "resolve", lambda ctx, version, check_registry=True: real_resolve(
-        ctx, version, check_registry=False))
+    registry = {"down": False}
+
+    def resolve_without_registry(ctx, version, check_registry=True):
+        if check_registry and registry["down"]:
+            raise RegistryError("registry 127.0.0.1:1 is unreachable (ConnectionError)")
+        return real_resolve(ctx, version, check_registry=False)
+
+    monkeypatch.setattr(compose_mod, "resolve", resolve_without_registry)
     (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
         "registry": REPO, "state_dir": "state", "versions_dir": str(ROOT / "versions"), "default_target": "local",
         "targets": {"local": {"kind": "compose", "compose_file": str(ROOT / "compose" / "compose.yaml"),
@@ -137,14 +149,22 @@ def project(tmp_path, monkeypatch):
         ctx.ledger.record_push(version=v, build_id=build.id, repository=REPO, tag=v, digest=digest(v))
     ctx.ledger.set_live("local", version=OLD, digest=digest(OLD), image_ref=f"{REPO}@{digest(OLD)}", slot="blue")
     ready: list[str] = []
-    monkeypatch.setattr(probe, "wait_ready", lambda url, timeout_s, abort=None: ready.append(url))
+    asked: list[tuple[float, str]] = []
+
+    def wait_ready(url, timeout_s, abort=None):
+        ready.append(url)
+        asked.append((timeout_s, abort()))
+
+    monkeypatch.setattr(probe, "wait_ready", wait_ready)
+    monkeypatch.setenv("COLUMNS", "200")
 
     def make(fail_at: str | None = None, up_after: int = 3, watch_s: float = 1) -> RecordingCompose:
         name, spec = ctx.config.target("local")
         spec = spec.model_copy(update={"watch_s": watch_s})
         backend = RecordingCompose(ctx, name, spec, SlowEdge(up_after=up_after), fail_at=fail_at)
         backend.write_edge_config("blue")
-        backend.ready_urls = ready
+        backend.ready_urls, backend.ready_asked = ready, asked
+        backend.registry = registry
         return backend
 
     yield make
@@ -368,3 +388,75 @@ def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_pus
     again = backend.switch(NEW)
     assert again["from_version"] == OLD and again["slot"] == "green"
     assert backend.switch(OLD)["digest"] == digest("pushed again")  # a switch takes the newest push
+
+
+def test_the_flow_hands_each_check_its_candidate_and_slot(project, capsys):
+    backend = project()
+    out = backend.switch(NEW)
+    assert backend.reconciled == [OLD] and backend.smoked == [NEW] and backend.pointed == ["green"]
+    assert backend.ready_asked == [(5.0, "green exited (asked)")]  # the target's ready_timeout_s, the slot's exit
+    assert 0 <= out["traffic_switched_s"] < 600
+    err = capsys.readouterr().err
+    for line in [f"→ resolve  {NEW} → digest, registry tag check",
+                 f"→ start    green ← {REPO}@{digest(NEW)[:19]}…",
+                 f"→ ready    {backend.slot_url('green')}/ready",
+                 "→ smoke    golden images on the slot",
+                 "→ flip     edge → green, drain blue",
+                 f"→ confirm  {backend.edge_url}/v1/version names {NEW}",
+                 "→ watch    error rate through the edge for 1s",
+                 "→ drain    blue finishes its requests",
+                 "→ stop     stop blue"]:
+        assert line in err, (line, err)
+
+
+def test_a_slot_left_running_another_image_is_not_taken_for_warm(project, capsys):
+    backend = project()
+    backend.running["green"] = "some-other-image"
+    out = backend.switch(NEW)
+    assert out["warm"] is False and backend.events[:2] == ["start green", "smoke green"]
+    assert "(warm)" not in capsys.readouterr().err
+
+
+def test_a_warm_rollback_says_so_in_its_progress(project, capsys):
+    backend = project()
+    backend.switch(NEW, keep_previous=True)
+    capsys.readouterr()
+    backend.rollback()
+    assert f"→ start    blue ← {REPO}@{digest(OLD)[:19]}… (warm)" in capsys.readouterr().err
+
+
+def test_no_room_on_the_gpu_refuses_before_starting_anything(project):
+    backend = project(fail_at="gpu")
+    with pytest.raises(SwitchFailed, match=r"failed at start: the GPU has 100 MiB free \(on purpose\)"):
+        backend.switch(NEW)
+    assert backend.events == [] and backend.fake_edge.log == []
+
+
+def test_an_unreachable_registry_stops_a_switch_but_not_a_rollback(project, capsys):
+    backend = project()
+    backend.switch(NEW)
+    backend.registry["down"] = True
+    with pytest.raises(SwitchFailed, match="failed at resolve: registry 127.0.0.1:1 is unreachable"):
+        backend.switch(OLD)
+    out = backend.rollback()
+    assert out["outcome"] == "succeeded" and out["to_version"] == OLD
+    assert "registry check skipped for the rollback" in capsys.readouterr().err
+
+
+def test_two_notes_are_both_kept(project):
+    backend = project(fail_at="stop")
+    real = backend._exec
+    backend.rt = EdgeRuntime(lambda argv: (0, "No such server.\n") if argv[-1].endswith("state maint") else real(argv))
+    out = backend.switch(NEW)
+    assert out["reason"] == ("old slot not disabled in the edge: edge refused `set server slots/blue state maint`: "
+                             "No such server.; old slot not stopped: compose stop failed (on purpose)")
+
+
+def test_a_switch_records_the_newest_push_of_its_version(project):
+    backend = project()
+    backend.switch(NEW)
+    ledger = backend.ctx.ledger
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+                       digest=digest("pushed again"))
+    backend.switch(OLD)
+    assert ledger.history("local")[-1].digest == digest("pushed again")
