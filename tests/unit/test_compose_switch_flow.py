@@ -375,14 +375,17 @@ def test_an_old_slot_the_edge_will_not_disable_is_a_note_too(project):
                             "No such server."
 
 
-def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_push(project):
+def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_push(project, capsys):
     backend = project()
     backend.switch(NEW)
     ledger = backend.ctx.ledger
     ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
                        digest=digest("pushed again"))
+    capsys.readouterr()
     out = backend.rollback()
     assert out["to_version"] == OLD and out["digest"] == digest(OLD) and out["slot"] == "blue"
+    assert backend.ready_urls[-1] == backend.slot_url("blue") != backend.slot_url("green")
+    assert f"→ ready    {backend.slot_url('blue')}/ready" in capsys.readouterr().err
     assert backend.running["blue"] == f"{REPO}@{digest(OLD)}"
     assert ledger.history("local")[-1].digest == digest(OLD)
     again = backend.switch(NEW)
@@ -398,7 +401,7 @@ def test_the_flow_hands_each_check_its_candidate_and_slot(project, capsys):
     assert 0 <= out["traffic_switched_s"] < 600
     err = capsys.readouterr().err
     for line in [f"→ resolve  {NEW} → digest, registry tag check",
-                 f"→ start    green ← {REPO}@{digest(NEW)[:19]}…",
+                 f"→ start    green ← {REPO}@{digest(NEW)[:19]}…\n",
                  f"→ ready    {backend.slot_url('green')}/ready",
                  "→ smoke    golden images on the slot",
                  "→ flip     edge → green, drain blue",
@@ -450,6 +453,7 @@ def test_two_notes_are_both_kept(project):
     out = backend.switch(NEW)
     assert out["reason"] == ("old slot not disabled in the edge: edge refused `set server slots/blue state maint`: "
                              "No such server.; old slot not stopped: compose stop failed (on purpose)")
+    assert backend.ctx.ledger.history("local")[-1].reason == out["reason"]
 
 
 def test_a_switch_records_the_newest_push_of_its_version(project):
