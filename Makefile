@@ -17,7 +17,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install engine kubectl models images demo test test-unit test-integration \
-        bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check clean help
+        bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check \
+        mutation clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -52,6 +53,17 @@ test-unit: install kubectl  ## unit + API tests (no engine)
 
 test: install engine models  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25
+
+# The functions that carry the release promises ([tool.mutmut] in pyproject.toml picks the fast tests).
+MUTATION_SCOPE := 'orchestrator.haproxy.*' 'orchestrator.resolve.*' \
+	'orchestrator.switchflow.x*Steps*' 'orchestrator.switchflow.x_pause_hook__mutmut_*' \
+	'orchestrator.backends.compose.x*ComposeBackend*_switch_locked__mutmut_*' \
+	'orchestrator.backends.compose.x*ComposeBackend*_fail__mutmut_*' \
+	'orchestrator.backup.verify.*' 'serving.pipeline.x*Pipeline*_decide__mutmut_*'
+
+mutation: install  ## mutation testing (mutmut) of the promise-carrying code against the fast tests; docs/testing.md
+	nice -n 10 $(VENV)/bin/mutmut run --max-children 2 $(MUTATION_SCOPE)
+	$(PY) scripts/mutation_report.py $(MUTATION_SCOPE)
 
 bench-serving: install  ## HTTP vs in-process vs naive serving
 	$(PY) benchmarks/bench_serving.py

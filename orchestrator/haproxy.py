@@ -313,18 +313,37 @@ class EdgeRuntime:
                 return time.monotonic() - start  # long requests: give up waiting, maint keeps them alive
             time.sleep(0.1)
 
+    def shift(self, to_slot: str, from_slot: str | None, at: Callable[[str], None] = lambda point: None,
+              up_timeout_s: float = 10.0) -> float:
+        """Send new requests to `to_slot`: enable it, wait until HAProxy serves it, only then drain `from_slot`.
+
+        The one traffic move every caller makes (a switch's flip step, a revert, a repair). Draining
+        keeps the old slot's in-flight requests; `at(point)` is called after "enabled" and "drained"
+        (the switch passes its test pause hook). Returns the seconds until `to_slot` served.
+        """
+        start = time.monotonic()
+        self.enable(to_slot)
+        self.wait_up(to_slot, up_timeout_s)
+        seconds = time.monotonic() - start
+        at("enabled")
+        if from_slot and from_slot != to_slot:
+            self.drain(from_slot)
+            at("drained")
+        return seconds
+
+    def retire(self, slot: str, drain_timeout_s: float = 30.0) -> float:
+        """After `shift`: wait for `slot`'s in-flight requests (bounded), then disable it; the seconds it took."""
+        waited = self.wait_idle(slot, drain_timeout_s)
+        self.disable(slot)
+        return waited
+
     def flip(self, to_slot: str, from_slot: str | None, drain_timeout_s: float = 30.0) -> dict[str, float]:
-        """Send new requests to `to_slot` only: enable it, then drain and disable `from_slot`.
+        """`shift` then `retire` at once (reverts and repairs; a switch retires only after its watch window).
 
         In-flight requests on the old slot finish (maint does not cut established sessions); kept-alive
         client connections stay with the edge and their next request goes to the new slot.
         """
-        t0 = time.monotonic()
-        self.enable(to_slot)
-        self.wait_up(to_slot)
-        t1 = time.monotonic()
+        times = {"flip": self.shift(to_slot, from_slot), "drain": 0.0}
         if from_slot and from_slot != to_slot:
-            self.drain(from_slot)
-            self.wait_idle(from_slot, drain_timeout_s)
-            self.disable(from_slot)
-        return {"flip": t1 - t0, "drain": time.monotonic() - t1}
+            times["drain"] = self.retire(from_slot, drain_timeout_s)
+        return times

@@ -3,9 +3,12 @@
 A step is entered in the ledger (with the facts a repair needs) BEFORE it runs and its duration
 recorded after, so a `kill -9` at any moment leaves a switch whose `step` says how far it got.
 
-Test hook: env AADS_PAUSE_AT_STEP=<step> makes the switch sleep 60 s right after entering that
-step (AADS_PAUSE_SECONDS changes the 60), so a test can kill the process there deterministically.
-It is read only here and does nothing unless set.
+Test hook: env AADS_PAUSE_AT_STEP=<point> makes the switch wait 60 s (AADS_PAUSE_SECONDS changes the
+60) at that point, so a test can kill the process there deterministically. A point is a step name
+(right after the step is entered) or a point inside one: `flip:enabled` (the new slot serves, the
+old one too) and `flip:drained` (the old slot drains). With AADS_PAUSE_REACHED_FILE=<path> the
+switch writes the point's name to that file when it gets there, and stops waiting early once the
+file is deleted. It is read only here and does nothing unless set.
 """
 
 from __future__ import annotations
@@ -13,19 +16,29 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.context import Context
 from orchestrator.ledger import Switch
 
 PAUSE_ENV = "AADS_PAUSE_AT_STEP"
+REACHED_ENV = "AADS_PAUSE_REACHED_FILE"
 # Outcomes that count for the success rate (noop and running do not).
 COUNTED = {"succeeded": True, "failed": False, "reverted": False, "interrupted": False}
 
 
-def pause_hook(step: str) -> None:
-    if os.environ.get(PAUSE_ENV) == step:
-        time.sleep(float(os.environ.get("AADS_PAUSE_SECONDS", "60")))
+def pause_hook(point: str) -> None:
+    if os.environ.get(PAUSE_ENV) != point:
+        return
+    deadline = time.monotonic() + float(os.environ.get("AADS_PAUSE_SECONDS", "60"))
+    reached = os.environ.get(REACHED_ENV)
+    if reached:
+        Path(reached).write_text(point + "\n")
+    while time.monotonic() < deadline:
+        if reached and not os.path.exists(reached):
+            return
+        time.sleep(0.05)
 
 
 class Steps:

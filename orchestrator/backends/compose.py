@@ -42,7 +42,7 @@ from orchestrator.ledger import Live, Switch
 from orchestrator.lock import target_lock
 from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, known_version, resolve
-from orchestrator.switchflow import Steps, history, result
+from orchestrator.switchflow import Steps, history, pause_hook, result
 from orchestrator.variants import compose_variant
 from serving.manifest import validate_version_name
 
@@ -409,8 +409,7 @@ class ComposeBackend:
             with steps.step("flip", f"edge on {self.edge_url} → {slot}"):
                 rt = self.start_edge(slot)
                 self.point_edge_at(rt, slot)
-                rt.enable(slot)
-                rt.wait_up(slot)
+                rt.shift(slot, None)
             with steps.step("confirm", f"{self.edge_url}/v1/version names {version}"):
                 self.confirm(cand)
         except Exception as e:
@@ -510,9 +509,7 @@ class ComposeBackend:
             with steps.step("flip", f"edge → {slot}, drain {from_slot}"):
                 flipped = True
                 self.point_edge_at(rt, slot)
-                rt.enable(slot)
-                rt.wait_up(slot)
-                rt.drain(from_slot)
+                rt.shift(slot, from_slot, at=lambda point: pause_hook(f"flip:{point}"))
                 traffic_s = round(time.monotonic() - t0, 3)
                 self.write_edge_config(slot)
             with steps.step("confirm", f"{self.edge_url}/v1/version names {version}"):
@@ -527,8 +524,7 @@ class ComposeBackend:
         notes: list[str] = []
         with steps.step("drain", f"{from_slot} finishes its requests"):
             try:
-                rt.wait_idle(from_slot)
-                rt.disable(from_slot)
+                rt.retire(from_slot)
             except OrchestratorError as e:
                 notes.append(f"old slot not disabled in the edge: {e}")
         if not keep_previous:

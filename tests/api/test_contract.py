@@ -160,3 +160,15 @@ def test_audit_line_per_request_without_the_image(service, leaf_png, audit_lines
     assert line["route"] == "/v1/diagnose" and line["status"] == 200 and line["method"] == "POST"
     assert line["request_id"] == "req-42" and line["key_id"] == "anonymous" and line["latency_ms"] > 0
     assert all(image[:40] not in raw for raw in audit_lines.raw)
+
+
+def test_out_of_distribution_samples_come_back_review(service, sample_pngs):
+    """The last two samples are not leaves: never `accept`, and the reason names the check that fired."""
+    for png in sample_pngs[4:]:
+        body = service.client.post("/v1/diagnose", json={"image": b64(png)}).json()
+        check_diagnosis(body, service)
+        assert (body["decision"], body["reason"]) == ("review", "not_a_supported_crop"), body
+        assert body["router_ood_score"] > 1.0
+        hinted = service.client.post("/v1/diagnose", json={"image": b64(png), "crop_hint": "tomato"}).json()
+        assert (hinted["decision"], hinted["reason"]) == ("review", "unfamiliar_for_crop"), hinted
+        assert hinted["ood_score"] > 1.0

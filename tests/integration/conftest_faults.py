@@ -151,6 +151,16 @@ class Stack:
             time.sleep(0.05)
         raise AssertionError(f"the switch never reached step {step} within {timeout:g}s")
 
+    def wait_for_file(self, proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
+        """Wait until the switch wrote `path` (its pause hook does at a point inside a step)."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"orchestrator ended (rc {proc.returncode}) before writing {path}: {err[-2000:]}")
+            assert time.monotonic() < deadline, f"the switch never wrote {path} within {timeout:g}s"
+            time.sleep(0.05)
+
     def containers(self) -> list[Any]:
         import docker
         client = docker.from_env()

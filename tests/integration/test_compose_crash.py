@@ -2,7 +2,8 @@
 
 The switch sleeps right after entering the step named by AADS_PAUSE_AT_STEP (a test hook, see
 orchestrator/switchflow.py); the test waits until the ledger shows that step, then kills the
-process with SIGKILL. Throughout, a load generator sends requests through the edge from both kinds
+process with SIGKILL. Inside the flip step it pauses between the edge's runtime API commands
+(`flip:enabled`, `flip:drained`) and writes AADS_PAUSE_REACHED_FILE when it is there. Throughout, a load generator sends requests through the edge from both kinds
 of client: none may fail. The next command (`status`) must report the half-done switch and repair
 it: back to the version the ledger says is live while the switch had not passed its watch window,
 forward to the candidate from `drain` on (flip, confirm and watch had all passed). Either way the
@@ -12,6 +13,7 @@ switch is marked 'interrupted', the edge serves what the ledger says, and nothin
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -46,6 +48,13 @@ def edge_load(stack: Stack) -> LoadGenerator:
 
 def the_other(version: str) -> str:
     return OTHER_VERSION if version == LIVE_VERSION else LIVE_VERSION
+
+
+def wait_edge_answers(stack: Stack, version: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.edge_version() != version:
+        assert time.monotonic() < deadline, f"the edge never answered {version} within {timeout:g}s"
+        time.sleep(0.1)
 
 
 def assert_no_failed_request(result) -> None:
@@ -85,6 +94,40 @@ def test_kill_9_at_each_step_keeps_serving_and_the_next_command_repairs(stack, s
     assert again["live"]["version"] == expected
     history = stack.json("history")["entries"]
     assert history[-1]["id"] == sw.id and history[-1]["outcome"] == "interrupted"
+
+
+@pytest.mark.parametrize("point", ["flip:enabled", "flip:drained"])
+def test_kill_9_inside_the_flip_keeps_serving_and_the_next_command_flips_back(stack, point, tmp_path):
+    """Killed between the runtime API commands of the flip step: after `enabled` both slots serve, after
+    `drained` only the candidate does while the old slot finishes its requests. The repair (the step is
+    `flip`, before the watch window) must send everything back to the live slot without a failed request."""
+    was_live = stack.live().version
+    candidate = the_other(was_live)
+    reached = tmp_path / "reached"
+    with edge_load(stack) as load:
+        proc = stack.start("switch", candidate, env={"AADS_PAUSE_AT_STEP": point, "AADS_PAUSE_SECONDS": "600",
+                                                     "AADS_PAUSE_REACHED_FILE": str(reached)})
+        stack.wait_for_file(proc, reached, timeout=400)
+        assert reached.read_text().strip() == point
+        sw = stack.running_switch()
+        assert sw is not None and sw.step == "flip"
+        wait_edge_answers(stack, candidate, timeout=60)  # the edge really sends requests to the candidate now
+        kill9(proc)
+        r = stack.run("status", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "was interrupted at step flip" in r.stderr
+    assert [(i["id"], i["step"]) for i in json.loads(r.stdout)["interrupted"]] == [(sw.id, "flip")]
+    assert_no_failed_request(load.result())
+    assert set(load.result().answers()) == {was_live, candidate}
+    repaired = stack.ledger().switch(sw.id)
+    assert repaired.outcome == "interrupted" and repaired.reason.startswith("at flip;"), repaired.reason
+    assert f"back to {was_live}" in repaired.reason
+    assert stack.live().version == was_live == stack.edge_version()
+    assert stack.running_switch() is None
+    again = stack.json("status")
+    assert again["drift"] == [] and again["interrupted"] == [] and again["live"]["version"] == was_live
+    assert {row["slot"]: row["edge"] for row in again["slots"]}[again["live"]["slot"]] == "serving"
+    assert [row["edge"] for row in again["slots"] if row["slot"] != again["live"]["slot"]] != ["serving"]
 
 
 def test_a_second_switch_is_refused_while_one_runs_and_kill_9_frees_the_lock(stack):

@@ -92,9 +92,11 @@ def last_entry(stack: Stack, to_version: str) -> dict:
 
 
 def assert_failed_digest_listed(stack: Stack, fv: FaultyVersion) -> None:
-    listing = stack.json("list")
-    text = str(listing)
-    assert fv.digest in text, f"list --json does not flag {fv.digest}"
+    row = next(r for r in stack.json("list") if r["version"] == fv.version)
+    # The digest is in the row anyway (its push); it must be among the row's *failed* digests.
+    why = row["failed_digests"].get(fv.digest)
+    assert why, f"list --json does not flag {fv.digest} as failed: {row['failed_digests']}"
+    assert any(w.startswith(f"{stack.name}: ") for w in why), why
     entry = last_entry(stack, fv.version)
     assert entry["failed_digest"] is True
     assert entry["digest"] == fv.digest
@@ -217,7 +219,9 @@ def test_a_candidate_answering_5xx_after_the_flip_is_flipped_back(stack, faulty)
         after.wait(10)
     assert_live_kept_serving(stack, after)
     entry = last_entry(stack, fv.version)
-    assert entry["outcome"] == "reverted" and entry["reason"]
+    # The confirm step passed (its first answers were good); the watch window is what caught the 5xx.
+    assert entry["outcome"] == "reverted" and entry["reason"].startswith("watch: error rate"), entry["reason"]
+    assert "reverted at watch" in line
     assert_failed_digest_listed(stack, fv)
     assert_candidate_stopped(stack)
 

@@ -141,9 +141,9 @@ def env(tmp_path):
         d = rendered_deployment()
         d["metadata"]["namespace"] = NS
         d["spec"]["minReadySeconds"] = 0           # seconds-fast rollouts in tests
-        # A stuck rollout is seen within seconds. (Condition times have second precision, so the
-        # controller may call it after 2-3 s: room enough for a loaded 2-core machine.)
-        d["spec"]["progressDeadlineSeconds"] = 3
+        # A stuck rollout is seen within seconds, yet a good one survives a stalled controller on a
+        # loaded 2-core machine: 10 s without progress (condition times have second precision).
+        d["spec"]["progressDeadlineSeconds"] = 10
         d["spec"]["template"]["spec"]["containers"][0]["image"] = e.image(OLD)
         d["spec"]["template"]["metadata"]["annotations"]["aads.version"] = OLD
         k8s.create("deployments", d)
@@ -230,14 +230,12 @@ def test_rollback_to_version_picks_the_revision_by_its_version(env):
 
 def test_failed_rollout_is_undone_automatically(env):
     env.backend().switch(NEW)
-    started = time.monotonic()
     with pytest.raises(SwitchFailed) as err:
         env.backend().switch(BROKEN)
     message = str(err.value)
     assert "exceeded its progress deadline" in message, message
     assert "pods not ready" in message and f"rolled back to {NEW}" in message
-    assert err.value.exit_code == 5
-    assert time.monotonic() - started < 20
+    assert err.value.exit_code == 5  # the deadline (not the 30 s timeout_s) ended it: the message says so
     # Back on NEW, and the rollout of the undo finished: no broken pod left.
     assert env.live_image() == env.image(NEW)
     env.k8s.wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in env.k8s.list("pods", NS)}

@@ -161,3 +161,355 @@ def test_a_failing_exec_is_one_clear_error():
     rt = EdgeRuntime(lambda argv: (126, "OCI runtime exec failed: container not running\n"))
     with pytest.raises(EdgeError, match="exit 126"):
         rt.servers()
+
+
+# -- the traffic move every caller makes (switch flip step, revert, repair): EdgeRuntime.shift -----
+
+class SlowEdge(FakeEdge):
+    """A FakeEdge whose newly enabled server passes its health check only after `up_after` polls
+    (`None`: never), and whose servers hold `sessions` requests in flight until `idle_after` polls."""
+
+    def __init__(self, up_after: int | None = 3, sessions: int = 0, idle_after: int = 0):
+        super().__init__()
+        self.up_after, self.sessions, self.idle_after = up_after, sessions, idle_after
+        self.polls_since_enable: dict[str, int] = {}
+        self.stat_polls = 0
+        self.log: list[tuple[str, ...]] = []   # ("set", line) / ("serving", slots seen by a state poll)
+
+    def __call__(self, argv):
+        line = argv[-1]
+        if line.startswith("show servers state"):
+            for slot, n in self.polls_since_enable.items():
+                self.polls_since_enable[slot] = n + 1
+                if self.up_after is not None and n + 1 >= self.up_after:
+                    self.state[slot] = (2, self.state[slot][1])
+            code, out = super().__call__(argv)
+            self.log.append(("serving", tuple(sorted(s for s, st in haproxy.parse_servers_state(out).items()
+                                                     if st.serving))))
+            return code, out
+        if line == "show stat":
+            self.calls.append(line)
+            self.stat_polls += 1
+            scur = self.sessions if self.stat_polls <= self.idle_after else 0
+            rows = [f"slots,{s},0,0,{scur},0,,0" + ",0" * 20 for s in self.state]
+            return 0, "# pxname,svname,qcur,qmax,scur,smax,slim,stot" + ",x" * 20 + "\n" + "\n".join(rows) + "\n"
+        code, out = super().__call__(argv)
+        self.log.append(("set", line))
+        words = line.split()
+        if words[-1] == "ready":
+            # HAProxy marks a just-enabled server "starting" until its health check passes.
+            self.state[words[2].split("/")[1]] = (1, 0)
+            self.polls_since_enable[words[2].split("/")[1]] = 0
+        return code, out
+
+
+def test_shift_drains_the_old_slot_only_after_the_edge_confirms_the_new_one_serving():
+    edge = SlowEdge(up_after=3)
+    EdgeRuntime(edge).shift("green", "blue")
+    sets = [entry[1] for entry in edge.log if entry[0] == "set"]
+    assert sets == ["set server slots/green state ready", "set server slots/blue state drain"]
+    drain_at = edge.log.index(("set", "set server slots/blue state drain"))
+    seen_before_drain = [entry[1] for entry in edge.log[:drain_at] if entry[0] == "serving"]
+    assert seen_before_drain[-1] == ("blue", "green")      # confirmed: green serves (blue still does)
+    assert all("green" not in seen for seen in seen_before_drain[:-1])  # it took polls to come up
+    assert EdgeRuntime(edge).serving_slots() == ["green"]
+
+
+def test_shift_never_drains_the_old_slot_when_the_new_one_does_not_come_up():
+    edge = SlowEdge(up_after=None)
+    with pytest.raises(EdgeError, match=r"did not see slot green up within 0.3s"):
+        EdgeRuntime(edge).shift("green", "blue", up_timeout_s=0.3)
+    assert not any("slots/blue" in entry[1] for entry in edge.log if entry[0] == "set")
+    assert EdgeRuntime(edge).serving_slots() == ["blue"]
+
+
+def test_shift_calls_its_pause_points_with_the_edge_in_the_state_they_name():
+    edge = SlowEdge(up_after=1)
+    rt = EdgeRuntime(edge)
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    def at(point: str) -> None:
+        servers = rt.servers()
+        seen.append((point, rt.serving_slots(), sorted(s for s, st in servers.items() if st.draining)))
+
+    rt.shift("green", "blue", at=at)
+    assert seen == [("enabled", ["blue", "green"], []), ("drained", ["green"], ["blue"])]
+
+
+def test_shift_to_the_slot_already_live_drains_nothing():
+    edge = SlowEdge(up_after=1)
+    seen: list[str] = []
+    EdgeRuntime(edge).shift("blue", "blue", at=seen.append)
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == ["set server slots/blue state ready"]
+    assert seen == ["enabled"]
+
+
+def test_retire_waits_for_in_flight_requests_then_disables():
+    edge = SlowEdge(up_after=1, sessions=2, idle_after=3)
+    rt = EdgeRuntime(edge)
+    rt.shift("green", "blue")
+    rt.retire("blue", drain_timeout_s=30)
+    assert edge.stat_polls == 4   # three polls saw requests in flight, the fourth none
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
+    assert rt.serving_slots() == ["green"] and rt.servers()["blue"].maint
+
+
+def test_retire_gives_up_waiting_on_long_requests_and_disables_anyway():
+    edge = SlowEdge(up_after=1, sessions=1, idle_after=10**9)
+    rt = EdgeRuntime(edge)
+    rt.shift("green", "blue")
+    assert 0.3 <= rt.retire("blue", drain_timeout_s=0.3) < 30  # its own bound, not the 30 s default
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
+
+
+def test_flip_is_shift_then_retire():
+    edge = SlowEdge(up_after=2)
+    times = EdgeRuntime(edge).flip("green", "blue")
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == [
+        "set server slots/green state ready", "set server slots/blue state drain", "set server slots/blue state maint"]
+    assert set(times) == {"flip", "drain"} and all(t >= 0 for t in times.values())
+
+
+# -- the details the runtime client's answers depend on (each kills mutants `make mutation` found) ---
+
+def stat_csv(rows: list[dict[str, str]]) -> str:
+    cols = ["pxname", "svname", "scur", "stot", "status", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx",
+            "hrsp_other", "check_status"]
+    return "# " + ",".join(cols) + "\n" + "".join(",".join(r.get(c, "") for c in cols) + "\n" for r in rows)
+
+
+def test_parse_stat_counts_every_response_class_and_reads_blanks_as_zero():
+    text = stat_csv([
+        {"pxname": "slots", "svname": "FRONTEND", "stot": "99"},
+        {"pxname": "slots", "svname": "blue", "scur": "2", "stot": "17", "status": "UP", "hrsp_1xx": "1",
+         "hrsp_2xx": "10", "hrsp_3xx": "2", "hrsp_4xx": "3", "hrsp_5xx": "4", "hrsp_other": "5", "check_status": "L7OK"},
+        {"pxname": "slots", "svname": "green", "scur": "-", "stot": ""},
+        {"pxname": "slots", "svname": "BACKEND", "stot": "99"},
+        {"pxname": "other", "svname": "blue", "stot": "1000"},
+    ])
+    stats = haproxy.parse_stat(text)
+    assert set(stats) == {"blue", "green"}
+    blue, green = stats["blue"], stats["green"]
+    assert (blue.name, blue.status, blue.check_status) == ("blue", "UP", "L7OK")
+    assert (blue.current_sessions, blue.total_sessions, blue.http_5xx, blue.http_total) == (2, 17, 4, 25)
+    assert (green.name, green.current_sessions, green.total_sessions, green.http_total) == ("green", 0, 0, 0)
+    assert (green.status, green.check_status) == ("", "")
+    assert haproxy.parse_stat(text, backend="other")["blue"].total_sessions == 1000
+
+
+def test_parse_stat_without_the_optional_columns():
+    stats = haproxy.parse_stat("# pxname,svname,scur\nslots,blue,3\n")
+    assert stats["blue"] == haproxy.ServerStat("blue", "", 3, 0, 0, 0, "")
+
+
+@pytest.mark.parametrize("answer, shown", [
+    ("Unknown command.\nmore\n", "Unknown command."),
+    ("", "(empty)"),
+    ("   \n", "(empty)"),
+    ("x" * 300, "x" * 200),
+])
+def test_garbage_answers_are_named_in_the_error(answer, shown):
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_stat(answer)
+    assert str(err.value) == f"unexpected answer to `show stat`: {shown}"
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_servers_state(answer)
+    assert str(err.value) == f"unexpected answer to `show servers state`: {shown}"
+
+
+def test_render_config_leaves_the_live_line_as_written_and_names_an_unknown_slot():
+    text = haproxy.render_config(TEMPLATE, "green")
+    expected = TEMPLATE.replace("${green_state}", "").replace("${blue_state}", "disabled")
+    assert text == expected
+    with pytest.raises(ValueError, match="unknown slot 'red'"):
+        haproxy.render_config(TEMPLATE, "red")
+
+
+@pytest.mark.parametrize("weight, ok", [(0, True), (256, True), (257, False), (-1, False)])
+def test_weight_limits_are_haproxys(weight, ok):
+    if ok:
+        assert haproxy.weight_commands("green", weight) == [f"set weight slots/green {weight}"]
+    else:
+        with pytest.raises(ValueError, match=f"weight must be 0..256, got {weight}"):
+            haproxy.weight_commands("green", weight)
+
+
+def test_write_config_renames_a_temp_file_from_the_same_folder(tmp_path, monkeypatch):
+    """The rename is atomic only within one filesystem: the temp file must sit beside the config."""
+    path = tmp_path / "edge" / "haproxy.cfg"
+    renamed: list[tuple[str, str]] = []
+    real_replace = haproxy.os.replace
+    monkeypatch.setattr(haproxy.os, "replace", lambda src, dst: (renamed.append((src, dst)), real_replace(src, dst)))
+    haproxy.write_config(path, "one\n")
+    (src, dst), = renamed
+    assert Path(src).parent == path.parent and Path(dst) == path
+    assert Path(src).name.startswith(".haproxy.") and Path(src).name.endswith(".tmp")  # hidden, never *.cfg
+
+
+def test_write_config_that_fails_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "haproxy.cfg"
+    haproxy.write_config(path, "old\n")
+
+    def broken(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(haproxy.os, "replace", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        haproxy.write_config(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["haproxy.cfg"]
+
+
+def test_a_refused_set_command_is_an_error_naming_the_command():
+    rt = EdgeRuntime(lambda argv: (0, "No such server.\n"))
+    with pytest.raises(EdgeError) as err:
+        rt.enable("green")
+    assert str(err.value) == "edge refused `set server slots/green state ready`: No such server."
+
+
+def test_stats_and_servers_read_the_runtimes_own_backend():
+    answer = stat_csv([{"pxname": "slots", "svname": "blue", "stot": "1"},
+                       {"pxname": "edge2", "svname": "blue", "stot": "2"}])
+    rt = EdgeRuntime(lambda argv: (0, answer), backend="edge2")
+    assert rt.stats()["blue"].total_sessions == 2
+    seen: list[str] = []
+    rt2 = EdgeRuntime(lambda argv: (seen.append(argv[-1]), (0, SERVERS_STATE.replace(" slots ", " edge2 ")))[1],
+                      backend="edge2")
+    assert set(rt2.servers()) == {"blue", "green"} and seen == ["show servers state edge2"]
+
+
+def test_waits_return_the_seconds_they_took():
+    edge = SlowEdge(up_after=2, sessions=1, idle_after=2)
+    rt = EdgeRuntime(edge)
+    rt.enable("green")
+    assert 0 <= rt.wait_up("green") < 60
+    assert 0 <= rt.wait_idle("blue") < 60
+    assert 0 <= rt.shift("blue", "green") < 60
+    assert 0 <= rt.retire("green") < 60
+
+
+def test_wait_up_says_what_state_the_slot_is_stuck_in():
+    edge = SlowEdge(up_after=None)
+    rt = EdgeRuntime(edge)
+    rt.enable("green")
+    with pytest.raises(EdgeError, match=r"did not see slot green up within 0.2s \(starting, admin 0\)"):
+        rt.wait_up("green", timeout_s=0.2)
+    with pytest.raises(EdgeError, match=r"did not see slot red up within 0.2s \(missing\)"):
+        rt.wait_up("red", timeout_s=0.2)
+
+
+def test_flip_without_an_old_slot_only_enables_and_reports_no_drain():
+    edge = SlowEdge(up_after=1)
+    times = EdgeRuntime(edge).flip("green", None)
+    assert [entry[1] for entry in edge.log if entry[0] == "set"] == ["set server slots/green state ready"]
+    assert times["drain"] == 0.0 and times["flip"] >= 0
+
+
+def test_flip_passes_its_drain_bound_to_retire():
+    edge = SlowEdge(up_after=1, sessions=1, idle_after=10**9)
+    times = EdgeRuntime(edge).flip("green", "blue", drain_timeout_s=0.3)
+    assert 0.3 <= times["drain"] < 30
+    assert edge.log[-1] == ("set", "set server slots/blue state maint")
+
+
+def test_an_unknown_operational_state_is_shown_by_its_number():
+    edge = SlowEdge(up_after=None)
+    edge.state["green"] = (7, 4)
+    with pytest.raises(EdgeError, match=r"within 0.1s \(7, admin 4\)"):
+        EdgeRuntime(edge).wait_up("green", timeout_s=0.1)
+    edge.state["green"] = (3, 0)
+    with pytest.raises(EdgeError, match=r"\(stopping, admin 0\)"):
+        EdgeRuntime(edge).wait_up("green", timeout_s=0.1)
+
+
+def test_check_answer_names_every_command_of_the_session():
+    with pytest.raises(EdgeError) as err:
+        haproxy.check_answer(["set server slots/blue state drain", "set server slots/green state ready"],
+                             "\nNo such server.\n")
+    assert str(err.value) == ("edge refused `set server slots/blue state drain; set server slots/green state ready`: "
+                              "No such server.")
+
+
+def test_parse_servers_state_skips_other_backends_wherever_they_are():
+    header, ours = SERVERS_STATE.splitlines()[1], SERVERS_STATE.splitlines()[2:4]
+    other = "4 other 1 web 10.0.0.9 2 0 1 1 3 15 3 2 6 0 0 0 web 8000 - 0 0 - - 0"
+    servers = haproxy.parse_servers_state("\n".join(["1", header, other, *ours, other]) + "\n")
+    assert sorted(servers) == ["blue", "green"]
+    assert servers["blue"].name == "blue" and servers["green"].name == "green"
+
+
+@pytest.mark.parametrize("answer, message", [
+    ("1\n3 slots 1 blue 172.20.0.3 2 0 1 1\n", "`show servers state` answered without a header line"),
+    ("1\n", "`show servers state` answered without a header line"),
+    ("1\n# be_id be_name srv_id srv_name\n3 slots 1 blue\n", "cannot read `show servers state` line: 3 slots 1 blue"),
+])
+def test_parse_servers_state_names_what_is_wrong(answer, message):
+    with pytest.raises(EdgeError) as err:
+        haproxy.parse_servers_state(answer)
+    assert str(err.value) == message
+
+
+def test_builders_name_what_they_refuse():
+    with pytest.raises(ValueError) as err:
+        haproxy.server("red")
+    assert str(err.value) == "unknown slot 'red' (expected one of blue, green)"
+    with pytest.raises(ValueError) as err:
+        haproxy.runtime_argv([])
+    assert str(err.value) == "runtime API commands must be one non-empty line"
+
+
+def test_set_addr_and_weight_send_one_checked_command():
+    sent: list[str] = []
+    rt = EdgeRuntime(lambda argv: (sent.append(argv[-1]), (0, "IP changed from '172.19.0.3' to '10.0.0.9'\n"))[1])
+    rt.set_addr("green", "10.0.0.9")
+    rt.set_addr("blue", "10.0.0.8", port=9000)
+    assert sent == ["set server slots/green addr 10.0.0.9 port 8000", "set server slots/blue addr 10.0.0.8 port 9000"]
+    sent.clear()
+    rt = EdgeRuntime(lambda argv: (sent.append(argv[-1]), (0, "\n"))[1])
+    rt.set_weight("blue", 128)
+    assert sent == ["set weight slots/blue 128"]
+    with pytest.raises(EdgeError, match="edge refused `set weight slots/blue 1`: No such server."):
+        EdgeRuntime(lambda argv: (0, "No such server.\n")).set_weight("blue", 1)
+
+
+class FakeContainer:
+    """What EdgeRuntime.for_container uses of a docker-py Container: exec_run(argv, demux=False)."""
+
+    def __init__(self, answer=None, error: Exception | None = None):
+        self.answer, self.error, self.argv = answer, error, None
+
+    def exec_run(self, argv, demux=False):
+        assert demux is False
+        self.argv = argv
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def test_for_container_runs_the_command_through_docker_exec():
+    c = FakeContainer(answer=(0, SERVERS_STATE.encode()))
+    rt = EdgeRuntime.for_container(c)
+    assert set(rt.servers()) == {"blue", "green"}
+    assert c.argv == haproxy.runtime_argv(["show servers state slots"])
+    empty = EdgeRuntime.for_container(FakeContainer(answer=(0, None)))
+    assert empty.command("show info") == ""
+    bad_bytes = EdgeRuntime.for_container(FakeContainer(answer=(0, b"\xff ok\n")))
+    assert bad_bytes.command("show info") == "\ufffd ok\n"
+
+
+def test_for_container_turns_engine_errors_into_one_edge_error():
+    class APIError(Exception):
+        explanation = "container 1a2b is not running"
+
+    rt = EdgeRuntime.for_container(FakeContainer(error=APIError("409 Client Error")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "cannot reach the edge's runtime API (APIError: container 1a2b is not running)"
+    rt = EdgeRuntime.for_container(FakeContainer(error=RuntimeError("engine gone")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "cannot reach the edge's runtime API (RuntimeError: engine gone)"
+    rt = EdgeRuntime.for_container(FakeContainer(answer=(1, b"socat: connection refused\nmore\n")))
+    with pytest.raises(EdgeError) as err:
+        rt.servers()
+    assert str(err.value) == "edge runtime API failed (exit 1): socat: connection refused"

@@ -173,6 +173,9 @@ def test_dynamic_depth_matches_full_depth_and_exits_per_sample(family, size):
         expect = dynamic_depth.exit_blocks(sims, 3, thr)
         assert blocks.tolist() == expect.tolist()
         assert min(blocks.tolist()) >= 3
+        early = sims[2] >= thr  # the median and those above it: at least 3 of the 5
+        assert int(early.sum()) >= 3 and (blocks[early] == 3).all(), (blocks, sims[2], thr)
+        assert (blocks[~early] > 3).all() and bool((~early).any()), (blocks, sims[2], thr)
         for i, b in enumerate(blocks.tolist()):
             assert torch.allclose(feats[i], traced[b - 1, i], atol=1e-5)
 
