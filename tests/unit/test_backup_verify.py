@@ -14,6 +14,8 @@ from orchestrator.backup.reader import ArchiveError
 from orchestrator.backup.verify import verify_archive
 from tests.unit.test_backup_archive import VERSION, copy_with, make_archive
 
+KEY = b"k" * 32  # this host's sidecar key (catalog.host_key makes a random one in the state dir)
+
 
 def test_the_report_names_the_archive_and_its_recorded_facts(tmp_path):
     path = make_archive(tmp_path)
@@ -34,8 +36,8 @@ def test_verify_reports_progress_while_it_reads_the_image(tmp_path):
 
 def test_a_good_verify_records_the_descriptors_facts_beside_the_archive(tmp_path):
     path = make_archive(tmp_path)
-    verify_archive(path)
-    side = read_sidecar(path)
+    verify_archive(path, host_key=KEY)
+    side = read_sidecar(path, KEY)
     assert side["archive"] == path.name and side["version"] == VERSION
     assert side["registry_digest"] == "sha256:" + "ab" * 32
     assert set(side["verified"]) == {"at", "ok", "problem"}
@@ -44,12 +46,12 @@ def test_a_good_verify_records_the_descriptors_facts_beside_the_archive(tmp_path
 
 def test_a_failed_verify_keeps_the_known_facts_and_records_the_problem(tmp_path):
     path = make_archive(tmp_path)
-    verify_archive(path)
+    verify_archive(path, host_key=KEY)
     size = path.stat().st_size
     copy_with(path, path, flip=size // 2)  # the same file, now damaged
     with pytest.raises(ArchiveError) as err:
-        verify_archive(path)
-    side = read_sidecar(path)
+        verify_archive(path, host_key=KEY)
+    side = read_sidecar(path, KEY)
     assert side["verified"]["ok"] is False and side["verified"]["problem"] == str(err.value)
     assert set(side["verified"]) == {"at", "ok", "problem"}
     assert side["archive"] == path.name and side["version"] == VERSION  # from the earlier good verify
@@ -59,7 +61,7 @@ def test_a_failed_first_verify_records_at_least_the_archive_name(tmp_path):
     good = make_archive(tmp_path)
     bad = copy_with(good, tmp_path / "bad.aads-backup.tar", cut=good.stat().st_size // 2)
     with pytest.raises(ArchiveError):
-        verify_archive(bad)
+        verify_archive(bad, host_key=KEY)
     side = json.loads(sidecar_path(bad).read_text())
     assert side["archive"] == bad.name and side["verified"]["ok"] is False
     assert "version" not in side

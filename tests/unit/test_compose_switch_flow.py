@@ -131,10 +131,10 @@ def project(tmp_path, monkeypatch):
     real_resolve = compose_mod.resolve
     registry = {"down": False}
 
-    def resolve_without_registry(ctx, version, check_registry=True):
+    def resolve_without_registry(ctx, version, *, variant=None, check_registry=True):
         if check_registry and registry["down"]:
             raise RegistryError("registry 127.0.0.1:1 is unreachable (ConnectionError)")
-        return real_resolve(ctx, version, check_registry=False)
+        return real_resolve(ctx, version, variant=variant, check_registry=False)
 
     monkeypatch.setattr(compose_mod, "resolve", resolve_without_registry)
     (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
@@ -146,7 +146,7 @@ def project(tmp_path, monkeypatch):
     for v in (OLD, NEW):
         build = ctx.ledger.record_build(version=v, variant="cpu", image_id=digest("image " + v),
                                         manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
-        ctx.ledger.record_push(version=v, build_id=build.id, repository=REPO, tag=v, digest=digest(v))
+        ctx.ledger.record_push(version=v, build_id=build.id, repository=REPO, tag=f"{v}-cpu", digest=digest(v))
     ctx.ledger.set_live("local", version=OLD, digest=digest(OLD), image_ref=f"{REPO}@{digest(OLD)}", slot="blue")
     ready: list[str] = []
     asked: list[tuple[float, str]] = []
@@ -293,7 +293,7 @@ def test_switching_to_the_live_version_is_a_recorded_noop(project, capsys):
 def test_the_live_version_pushed_again_is_deployed_not_a_noop(project):
     backend = project()
     ledger = backend.ctx.ledger
-    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=f"{OLD}-cpu",
                        digest=digest("rebuilt"))
     out = backend.switch(OLD)
     assert out["outcome"] == "succeeded" and out["digest"] == digest("rebuilt") and out["slot"] == "green"
@@ -379,7 +379,7 @@ def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_pus
     backend = project()
     backend.switch(NEW)
     ledger = backend.ctx.ledger
-    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=f"{OLD}-cpu",
                        digest=digest("pushed again"))
     capsys.readouterr()
     out = backend.rollback()
@@ -460,7 +460,7 @@ def test_a_switch_records_the_newest_push_of_its_version(project):
     backend = project()
     backend.switch(NEW)
     ledger = backend.ctx.ledger
-    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=OLD,
+    ledger.record_push(version=OLD, build_id=ledger.latest_push(OLD).build_id, repository=REPO, tag=f"{OLD}-cpu",
                        digest=digest("pushed again"))
     backend.switch(OLD)
     assert ledger.history("local")[-1].digest == digest("pushed again")
