@@ -4,9 +4,9 @@
     PYTHONPATH=wheels python3 -u scripts/gpu_check.py --out "$OUT"  # fastapi & co. carried as wheels
     python3 scripts/gpu_check.py --device cpu --quick --out DIR   # here, on the CPU, to test the script
 
-Needs only python3 with torch, transformers, peft, safetensors, numpy, pillow, httpx, pyyaml,
-prometheus-client and rich; fastapi, starlette, uvicorn, pydantic and python-multipart may
-come as wheels on PYTHONPATH. No network, no Docker. Checkpoints are the published configs of
+Needs only python3 with torch, transformers (>= 5.24), peft, safetensors, numpy, pillow, httpx,
+pyyaml, prometheus-client and rich; fastapi, starlette, uvicorn, pydantic, python-multipart (and a
+newer transformers, where the host's is older) may come as wheels on PYTHONPATH. No network, no Docker. Checkpoints are the published configs of
 DINOv3 ViT-S/16, ViT-L/16 (and ViT-B/16, the production size) and DINOv2 ViT-B/14 with RANDOM
 weights, saved in Hub format and loaded by the real loading code. For each:
 
@@ -329,6 +329,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+MIN_TRANSFORMERS = (5, 24)  # pyproject.toml: older 5.x DINOv2 has no q_proj/v_proj for the adapters
+
+
+def _transformers_too_old() -> str | None:
+    import transformers
+
+    have = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    if have < MIN_TRANSFORMERS:
+        return (f"transformers {transformers.__version__} is older than the {'.'.join(map(str, MIN_TRANSFORMERS))} "
+                f"the service needs (its DINOv2 has no q_proj/v_proj for LoRA): carry a newer wheel on PYTHONPATH")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 scripts/gpu_check.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
@@ -339,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA device is visible (run with --device cpu --quick to test the script)", file=sys.stderr)
+        return 2
+    too_old = _transformers_too_old()
+    if too_old:
+        print(f"error: {too_old}", file=sys.stderr)
         return 2
     budget = Budget(args.budget_s or (240 if args.quick else 330))
     args.out.mkdir(parents=True, exist_ok=True)

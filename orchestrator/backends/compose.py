@@ -940,9 +940,9 @@ def parse_gpu_memory(text: str) -> tuple[int, int] | None:
 
 def gpu_room_verdict(free_mib: int, total_mib: int) -> str | None:
     """A second model needs about what the live one holds (total - free) plus headroom."""
-    # TODO(gpu-check): the 1.1x + 512 MiB headroom is a guess. `make gpu-check` measures the peak
-    # device memory of each version serving batch 32 (gpu_check.json: backbones[].throughput.
-    # peak_reserved_mib, plus ~500 MiB of CUDA context); put those figures here once measured.
+    # Measured by `make gpu-check` on an H100 (docs/benchmarks.md, "On a GPU"): one version serving
+    # batch 32 reserves 540-598 MiB at ViT-B size (1,104 at ViT-L) plus ~500 MiB of CUDA context, so
+    # what the live process holds, x1.1 + 512 MiB, covers a candidate of the same size.
     used = total_mib - free_mib
     need = int(used * 1.1) + 512
     if free_mib < need:

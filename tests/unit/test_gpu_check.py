@@ -49,3 +49,18 @@ def test_no_cuda_is_one_clear_line(tmp_path):
     r = run("--out", tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: no CUDA device is visible (run with --device cpu --quick to test the script)"]
+
+
+def test_a_transformers_too_old_for_the_adapters_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    # The GPU host's own transformers 5.17 has no q_proj/v_proj in DINOv2: the check must say so up
+    # front instead of failing one backbone deep with a PEFT traceback.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    monkeypatch.setattr(gpu_check, "MIN_TRANSFORMERS", (99, 0))
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: transformers ") and "carry a newer wheel" in err and err.count("\n") == 1
+    assert not (tmp_path / "gpu_check.json").exists()
