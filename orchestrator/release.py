@@ -72,7 +72,8 @@ def release(ctx: Context, version: str, *, push: bool = False, remote: str = "or
                          f"{sha[:12]}): build and verify it again")
     report = None
     if not skip_verify:
-        report = verify(ctx, version)
+        # The variant built here (an operator's laptop builds cpu; CI builds and verifies both).
+        report = verify(ctx, version, variant=build.variant)
         if not report.ok:
             raise VerifyFailed(f"{version} does not verify, no tag made: {report.failures()}")
 
