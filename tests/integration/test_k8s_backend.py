@@ -86,11 +86,15 @@ class Env:
             },
         }))
         ledger = Ledger(tmp / "state")
+        # Both variants of each version, under one digest: the cpu overlay deploys `<v>-cpu`, the gpu
+        # overlay (a container asking for nvidia.com/gpu) the plain tag; these tests are about the
+        # rollout, not about which variant runs (tests/unit/test_variants.py covers that).
         for v in VERSIONS:
-            build = ledger.record_build(version=v, variant="cpu", image_id=digest_of("image " + v),
-                                        manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
-            ledger.record_push(version=v, build_id=build.id, repository=self.repo, tag=v, digest=digest_of(v))
-            registry.tags[(REPO_NAME, v)] = digest_of(v)
+            for variant, tag in (("cpu", f"{v}-cpu"), ("cuda", v)):
+                build = ledger.record_build(version=v, variant=variant, image_id=digest_of("image " + v),
+                                            manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
+                ledger.record_push(version=v, build_id=build.id, repository=self.repo, tag=tag, digest=digest_of(v))
+                registry.tags[(REPO_NAME, tag)] = digest_of(v)
         ledger.close()
         k8s.mark_bad(self.image(BROKEN))
 
@@ -334,7 +338,8 @@ def test_forbidden_is_one_clear_error_and_changes_nothing(env):
 
 
 def test_moved_registry_tag_is_refused(env):
-    env.registry.tags[(REPO_NAME, NEW)] = digest_of("someone else's image")
+    # the cpu overlay deploys the -cpu tag
+    env.registry.tags[(REPO_NAME, f"{NEW}-cpu")] = digest_of("someone else's image")
     with pytest.raises(TamperError, match="moved to .*possible tampering"):
         env.backend().switch(NEW)
     assert env.patches() == [] and env.live_image() == env.image(OLD)
