@@ -12,6 +12,7 @@ import pytest
 from orchestrator import config as config_mod
 from orchestrator.errors import RegistryError
 from orchestrator.registry import parse_challenge
+from orchestrator import registry_auth
 from orchestrator.registry_auth import CredentialSources, Credentials, read_credentials_file
 from orchestrator.registry_tls import is_loopback, ssl_context_for
 
@@ -32,7 +33,9 @@ def test_env_pair_is_for_the_configured_registry_only(tmp_path):
     assert sources.find("elsewhere.example.com") is None  # never sent to another host
 
 
-def test_env_pair_without_config_goes_to_the_aads_registry_host(tmp_path):
+def test_env_pair_without_config_goes_to_the_aads_registry_host(tmp_path, monkeypatch):
+    # engine.sh's own file for 127.0.0.1:5000 (present on a machine that ran `make engine`) is out of play here
+    monkeypatch.setattr(registry_auth, "DEFAULT_CREDENTIALS_FILE", tmp_path / "absent.json")
     env = {"AADS_REGISTRY_USERNAME": "ci", "AADS_REGISTRY_PASSWORD": "pw", "DOCKER_CONFIG": str(tmp_path),
            "AADS_REGISTRY": f"{HOST}/aads-ulora"}
     assert CredentialSources.for_host(HOST, env).find(HOST).username == "ci"
