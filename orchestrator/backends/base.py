@@ -1,6 +1,6 @@
 """What every deployment backend offers the deploy commands.
 
-Backends share one switch flow (DESIGN.md): resolve + verify -> start candidate -> wait ready ->
+Backends share one switch flow (docs/operations.md, docs/kubernetes.md): resolve + verify -> start candidate -> wait ready ->
 smoke -> shift traffic -> watch -> finish, or revert at any failing step. Each method returns a
 JSON-serializable dict that the command prints as a table or, with --json, as is; failures raise
 an OrchestratorError subclass (SwitchFailed when the live version kept serving).
