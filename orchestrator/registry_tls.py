@@ -83,23 +83,22 @@ def ssl_context_for(host: str, *, ca_file: str | Path | None = None, env: Mappin
     return TrustSettings(context=context, sources=tuple(sources))
 
 
-def certificate_problem(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure somewhere in `exc`'s chain, if that is what it was."""
+def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in `exc`'s cause/context chain (cycles stop the walk)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        if isinstance(exc, kind):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def certificate_problem(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure somewhere in `exc`'s chain, if that is what it was."""
+    return _in_chain(exc, ssl.SSLCertVerificationError)
 
 
 def tls_problem(exc: BaseException) -> ssl.SSLError | None:
     """Any TLS failure in `exc`'s chain (e.g. a server that answers in plain HTTP)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ssl.SSLError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return _in_chain(exc, ssl.SSLError)

@@ -21,24 +21,11 @@ from orchestrator.ledger import Ledger
 from orchestrator.resolve import resolve
 from orchestrator.variants import compose_variant, deployment_variant, registry_tag, staging_tag
 from serving.manifest import manifest_sha256
+from tests.unit.test_versions_cli import project  # noqa: F401  (the same scratch project)
 
 REPO = Path(__file__).resolve().parents[2]
 V = "v5.5.4-dinov3"
 KUBECTL = shutil.which("kubectl")
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    shutil.copytree(REPO / "versions", tmp_path / "versions")
-    (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
-        "registry": "127.0.0.1:1/aads-unit", "state_dir": str(tmp_path / "state"),
-        "versions_dir": str(tmp_path / "versions"), "models_dir": str(tmp_path / "models"),
-    }))
-    for var in [v for v in list(__import__("os").environ) if v.startswith("AADS_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("AADS_CONFIG", str(tmp_path / "orchestrator.yaml"))
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    return tmp_path
 
 
 def record(led: Ledger, project: Path, variant: str, n: str):
