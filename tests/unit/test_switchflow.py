@@ -26,7 +26,8 @@ def test_the_pause_hook_says_where_it_waits_and_goes_on_when_the_file_is_deleted
     waiter = threading.Thread(target=switchflow.pause_hook, args=("flip:enabled",), daemon=True)
     waiter.start()
     deadline = time.monotonic() + 60
-    while not reached.exists() and time.monotonic() < deadline:
+    # the file is created, then written: wait for its content, not just its name
+    while not (reached.exists() and reached.read_text()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert reached.read_text() == "flip:enabled\n"
     assert waiter.is_alive()            # it waits there...
