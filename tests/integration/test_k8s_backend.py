@@ -431,6 +431,9 @@ def test_tamper_refusal_with_the_real_registry(env):
     except requests.RequestException:
         pytest.skip("no registry on 127.0.0.1:5000 (make engine starts one)")
     repo = f"aads-k8stest-{uuid.uuid4().hex[:8]}"
+    # The target deploys the cpu overlay, so the push it checks is the cpu variant's `<version>-cpu`
+    # (checking the other variant's push would let a moved tag through untested).
+    tag = f"{NEW}-cpu"
     base = f"http://127.0.0.1:5000/v2/{repo}"
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
                          "config": {}}).encode()
@@ -447,20 +450,20 @@ def test_tamper_refusal_with_the_real_registry(env):
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                                       "size": len(config), "digest": config_digest}, "layers": []}).encode()
-    put = requests.put(f"{base}/manifests/{NEW}", data=manifest, auth=auth, timeout=10,
+    put = requests.put(f"{base}/manifests/{tag}", data=manifest, auth=auth, timeout=10,
                        headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
     assert put.status_code == 201, put.text
     real_digest = put.headers["Docker-Content-Digest"]
     try:
         ledger = env.ctx().ledger
-        build = ledger.latest_build(NEW)
-        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
+        build = ledger.latest_build(NEW, "cpu")
+        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=tag,
                            digest=digest_of("what we pushed back then"))
-        with pytest.raises(TamperError, match=f"127.0.0.1:5000/{repo}:{NEW} moved to {real_digest}"):
+        with pytest.raises(TamperError, match=f"127.0.0.1:5000/{repo}:{tag} moved to {real_digest}"):
             env.backend().switch(NEW)
         assert env.patches() == []
         # The digest the registry really has passes the check.
-        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=NEW,
+        ledger.record_push(version=NEW, build_id=build.id, repository=f"127.0.0.1:5000/{repo}", tag=tag,
                            digest=real_digest)
         assert env.backend().switch(NEW)["digest"] == real_digest
         assert env.live_image() == f"{CLUSTER_REPO}@{real_digest}"  # pulled by the name the nodes know
