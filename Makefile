@@ -16,7 +16,7 @@ VARIANT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install engine kubectl models images demo test test-unit test-integration \
+.PHONY: install engine kubectl models images demo lint test test-unit test-integration \
         bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check \
         mutation clean help
 
@@ -50,6 +50,13 @@ kubectl:  ## kubectl 1.32 (Debian trixie's) where none new enough is on PATH; pa
 
 test-unit: install kubectl  ## unit + API tests (no engine)
 	$(PY) -m pytest tests/unit tests/api -q
+
+test-integration: install engine models  ## engine tests only (tests/integration: real Docker engine, registry, compose)
+	$(PY) -m pytest tests/integration -q --durations=25
+
+lint: install  ## ruff + the import contract (which package may import which; [tool.importlinter] in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: install engine models  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25

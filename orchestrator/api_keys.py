@@ -14,8 +14,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from aads_manifest.api_keys import ApiKey, ApiKeysError, parse_api_keys
 from orchestrator.errors import UsageError
-from serving.settings import ApiKey, SettingsError, parse_api_keys
 
 KEYS_FILE = "api-keys"
 OWN_KEY_ID = "orchestrator"
@@ -51,7 +51,7 @@ def read_keys(path: Path) -> tuple[ApiKey, ...]:
                          f"chmod 600 {path}")
     try:
         keys = parse_api_keys(path.read_text(), str(path))
-    except SettingsError as e:
+    except ApiKeysError as e:
         raise UsageError(str(e)) from None
     if not keys:
         raise UsageError(f"API key file {path} holds no key")

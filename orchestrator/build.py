@@ -19,21 +19,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from docker.errors import APIError, DockerException, ImageNotFound
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from aads_manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 from orchestrator import golden
 from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
 from orchestrator.errors import EngineError, OrchestratorError, UsageError
+from orchestrator.gitinfo import git_facts
 from orchestrator.ledger import Build
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.resolve import known_version
 from orchestrator.variants import VARIANTS
-from serving.manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 
 # The public base by digest (a moved tag must not change an image); the local one is made and
 # checked by scripts/engine.sh.
@@ -121,33 +122,6 @@ def find_cpu_wheel() -> Path:
                      f"or set AADS_TORCH_WHEEL")
 
 
-# ---- git facts (labels) ----------------------------------------------------------------------
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_facts(root: Path, paths: Iterable[Path]) -> tuple[str, str, str]:
-    """(revision, created, source) of what the image bakes.
-
-    revision: the last commit that changed any of `paths` (+ `-dirty` for uncommitted changes in
-    them); created: that commit's time. Commits elsewhere (docs, tests) leave the labels, and so
-    the image id, unchanged: a rebuild of the same code is a cache hit.
-    """
-    spec = [str(p) for p in paths]
-    commit = _git(root, "log", "-1", "--format=%H", "--", *spec)
-    if not commit:
-        return "unknown", "1970-01-01T00:00:00Z", f"file://{root}"
-    dirty = _git(root, "status", "--porcelain", "--", *spec)
-    revision = commit + ("-dirty" if dirty else "")
-    created = _git(root, "log", "-1", "--format=%cI", commit) or "unknown"
-    source = _git(root, "config", "--get", "remote.origin.url") or f"file://{root}"
-    return revision, created, source
-
-
 def backbone_label(manifest: Manifest) -> str:
     return f"{manifest.backbone.family}:{manifest.backbone.model_id}"
 
@@ -197,7 +171,7 @@ def plan(ctx: Context, version: str, *, variant: str, models: Path | None, base_
         torch = CUDA_TORCH
     # Labels describe the source the image bakes: the serving code of this checkout.
     project = PROJECT_ROOT
-    baked = [project / "serving", project / "images" / "serving"]
+    baked = [project / "serving", project / "aads_manifest", project / "images" / "serving"]
     if version_dir.resolve().is_relative_to(project):
         baked.append(version_dir)
     revision, created, source = git_facts(project, baked)
@@ -243,6 +217,7 @@ def assemble_context(p: BuildPlan, project_root: Path, out_root: Path) -> Path:
         if p.torch_wheel:
             _link_or_copy(p.torch_wheel, work / "wheels" / p.torch_wheel.name)
         _copy_tree(project_root / "serving", work / "serving")
+        _copy_tree(project_root / "aads_manifest", work / "aads_manifest")  # the schema serving imports
         (work / "version").mkdir()
         for name in HASHED_FILES:
             shutil.copyfile(p.version_dir / name, work / "version" / name)

@@ -9,7 +9,6 @@ Without a file the embedded default holds: target `local` = compose on this host
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 

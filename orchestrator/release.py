@@ -8,15 +8,15 @@ Pushing the tag (`git push origin <version>`, or --push) starts .github/workflow
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from aads_manifest import load_manifest, manifest_sha256
+from orchestrator import gitinfo
 from orchestrator.context import Context
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.resolve import known_version
 from orchestrator.verify import Report, VerifyFailed, verify
-from serving.manifest import load_manifest, manifest_sha256
 
 
 class GitError(OrchestratorError):
@@ -35,8 +35,8 @@ class Release:
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
+        out = gitinfo.run(repo, *args, timeout=120)
+    except gitinfo.GitUnavailable as e:
         raise GitError(f"git {' '.join(args[:2])} failed to run: {e}") from None
     if check and out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]

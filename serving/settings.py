@@ -7,13 +7,15 @@ environment later: `Settings` is passed down.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aads_manifest.api_keys import ApiKey, ApiKeysError
+from aads_manifest.api_keys import parse_api_keys as _shared_parse_api_keys
 
 MB = 1024 * 1024
 
@@ -31,12 +33,6 @@ class RateLimit:
 
     def __str__(self) -> str:
         return f"{self.requests}/{self.per_seconds:g}s"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    key_id: str  # what logs and metrics show; never the key itself
-    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -217,33 +213,11 @@ class _Reader:
 
 
 def parse_api_keys(text: str, source: str) -> tuple[ApiKey, ...]:
-    """Keys separated by commas or newlines, each `key` or `id:key`; `#` starts a comment line.
-
-    Without an id, the id is `key-` + the first 8 hex digits of the key's SHA-256, so logs can tell
-    keys apart without ever showing one.
-    """
-    keys: list[ApiKey] = []
-    seen: set[str] = set()
-    for raw_line in text.splitlines():
-        if raw_line.strip().startswith("#"):
-            continue
-        for entry in raw_line.split(","):
-            entry = entry.strip()
-            if not entry:
-                continue
-            key_id, sep, secret = entry.partition(":")
-            if not sep:
-                key_id, secret = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
-            key_id, secret = key_id.strip(), secret.strip()
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key_id):
-                raise SettingsError(f"{source}: key id {key_id!r} must be 1-64 letters, digits, '_', '.', '-'")
-            if len(secret) < 8:
-                raise SettingsError(f"{source}: the key with id {key_id!r} is shorter than 8 characters")
-            if key_id in seen:
-                raise SettingsError(f"{source}: key id {key_id!r} appears twice")
-            seen.add(key_id)
-            keys.append(ApiKey(key_id, secret))
-    return tuple(keys)
+    """`aads_manifest.api_keys.parse_api_keys` (the format the orchestrator writes too), raising SettingsError."""
+    try:
+        return _shared_parse_api_keys(text, source)
+    except ApiKeysError as e:
+        raise SettingsError(str(e)) from None
 
 
 def _read_api_keys(env: Mapping[str, str]) -> tuple[ApiKey, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backup import format as fmt
-from orchestrator.backup.archive import ArchiveInput, check_consistency, check_image, open_archive, write_archive
+from orchestrator.backup.archive import ArchiveInput, open_archive, write_archive
 from orchestrator.backup.catalog import list_archives, sidecar_path
 from orchestrator.backup.create import check_space, space_needed
 from orchestrator.backup.dockersave import ImageTarError, inspect_stream

@@ -1,4 +1,4 @@
-"""serving/manifest.py: valid manifests load; every error is listed with its field path."""
+"""aads_manifest (the version manifest schema): valid manifests load; every error is listed with its field path."""
 
 import json
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.manifest import (ManifestError, load_manifest, manifest_sha256, validate_version_name, version_key)
+from aads_manifest import (ManifestError, load_manifest, manifest_sha256, validate_version_name, version_key)
 
 VERSIONS = Path(__file__).resolve().parents[2] / "versions"
 

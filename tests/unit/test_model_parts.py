@@ -1,6 +1,5 @@
 """Model-side building blocks: preprocessing, bundles, OOD, backbones, dynamic depth, synthetic data."""
 
-import json
 
 import numpy as np
 import pytest
