@@ -14,8 +14,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from aads_manifest.api_keys import ApiKey, ApiKeysError, parse_api_keys
 from orchestrator.errors import UsageError
+from aads_manifest.api_keys import ApiKey, ApiKeysError, parse_api_keys
 
 KEYS_FILE = "api-keys"
 OWN_KEY_ID = "orchestrator"

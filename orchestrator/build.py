@@ -25,16 +25,16 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aads_manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 from orchestrator import golden
 from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
 from orchestrator.errors import EngineError, OrchestratorError, UsageError
-from orchestrator.gitinfo import git_facts
 from orchestrator.ledger import Build
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.resolve import known_version
 from orchestrator.variants import VARIANTS
+from orchestrator.gitinfo import git_facts
+from aads_manifest import HASHED_FILES, Manifest, load_manifest, manifest_sha256
 
 # The public base by digest (a moved tag must not change an image); the local one is made and
 # checked by scripts/engine.sh.

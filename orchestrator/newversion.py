@@ -13,10 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aads_manifest import MANIFEST_FILE, load_manifest, validate_version_name
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
 from orchestrator.variants import refuse_suffixed_name
+from aads_manifest import MANIFEST_FILE, load_manifest, validate_version_name
 
 
 def _set_key(text: str, key: str, value: str) -> str:

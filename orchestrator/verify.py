@@ -21,7 +21,6 @@ from typing import Any
 
 from docker.errors import DockerException, ImageNotFound
 
-from aads_manifest import load_manifest, manifest_sha256
 from orchestrator import golden
 from orchestrator.build import READY_TIMEOUT_S, VARIANT_LABEL, backbone_label
 from orchestrator.context import Context
@@ -30,6 +29,7 @@ from orchestrator.errors import OrchestratorError, TamperError
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, resolve
+from aads_manifest import load_manifest, manifest_sha256
 
 
 class VerifyFailed(OrchestratorError):

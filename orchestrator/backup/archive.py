@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-from aads_manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256, validate_version_name
 from orchestrator.backup import format as fmt
 from orchestrator.backup.dockersave import ImageFacts, ImageTarError, inspect_stream
 from orchestrator.backup.reader import ArchiveError, ForeignArchiveError, Member, MemberReader, read_member, scan
 from orchestrator.backup.writer import ArchiveWriter
 from orchestrator.errors import UsageError
+from aads_manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256, validate_version_name
 
 # (phase, bytes done, bytes total or None): how flows report progress; the CLI draws it.
 Progress = Callable[[str, int, "int | None"], None]

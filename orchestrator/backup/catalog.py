@@ -27,6 +27,7 @@ from orchestrator.backup import format as fmt
 from orchestrator.backup.archive import read_descriptor
 from orchestrator.backup.reader import file_identity
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.fsutil import atomic_write
 
 SIDECAR_LIMIT = 64 << 10
 KEY_BYTES = 32
@@ -113,17 +114,11 @@ def write_sidecar(archive: Path, facts: dict[str, Any], verified: dict[str, Any]
         return
     doc: dict[str, Any] = {**facts, "file": file_identity(archive), "verified": verified}
     doc["hmac"] = _mac(doc, key)
-    path = sidecar_path(archive)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+        # atomic_write replaces a planted symlink itself, never its target
+        atomic_write(sidecar_path(archive), json.dumps(doc, indent=2, sort_keys=True) + "\n", mode=0o600)
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)   # replaces a planted symlink itself, never its target
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def read_sidecar(archive: Path, key: bytes | None) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from aads_manifest import HASHED_FILES, manifest_sha256
 from orchestrator.backup import catalog, engine_io
 from orchestrator.backup import format as fmt
 from orchestrator.backup.archive import ArchiveInput, Progress, no_progress, write_archive
@@ -25,6 +24,7 @@ from orchestrator.engine import docker_client
 from orchestrator.errors import NoSpaceError, UsageError
 from orchestrator.ledger import who
 from orchestrator.resolve import known_version
+from aads_manifest import HASHED_FILES, manifest_sha256
 
 # Room asked beyond the image's own size: tar headers, metadata, filesystem slack.
 SPACE_MARGIN = 64 << 20

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from aads_manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256
 from orchestrator.backup import catalog, engine_io
 from orchestrator.backup import format as fmt
 from orchestrator.backup.archive import (OpenArchive, Progress, image_stream, inside, no_progress, open_archive,
@@ -42,6 +41,7 @@ from orchestrator.engine import docker_client
 from orchestrator.errors import EngineError, NoSpaceError, UsageError
 from orchestrator.ledger import now
 from orchestrator.variants import registry_tag
+from aads_manifest import HASHED_FILES, ManifestError, load_manifest, manifest_sha256
 
 RESTORE_LOCAL = "restore-local"
 CHUNK = 1 << 20

@@ -15,6 +15,7 @@ from typing import BinaryIO, Callable, Iterable
 
 from orchestrator.backup import format as fmt
 from orchestrator.errors import NoSpaceError, OrchestratorError
+from orchestrator.fsutil import fsync_dir
 
 # Bytes of member data handed to a progress callback after each chunk.
 ProgressFn = Callable[[int], None]
@@ -174,16 +175,8 @@ class ArchiveWriter:
             raise OrchestratorError(f"{self.final_path} already exists; not overwriting it")
         os.rename(self.tmp_path, self.final_path)
         self.committed = True
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
         return self.final_path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_error(e: OSError, where: Path) -> OrchestratorError:

@@ -299,6 +299,24 @@ def test_sidecar_is_never_written_through_a_planted_symlink(tmp_path):
     assert json.loads(side.read_text())["verified"]["ok"] is True
 
 
+def test_sidecar_write_is_durable_and_leaves_no_temp(tmp_path, monkeypatch):
+    """The verify record survives a power cut: its bytes are fsynced before the rename, then the directory."""
+    path = write_hostile(tmp_path)
+    side = sidecar_path(path)
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        synced.append("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else st.st_size)
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    verify_archive(path, host_key=KEY)
+    assert json.loads(side.read_text())["verified"]["ok"] is True
+    assert side.stat().st_size in synced and "dir" in synced
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, side.name])
+
+
 def test_list_says_verified_only_for_sidecars_this_host_wrote(tmp_path):
     path = write_hostile(tmp_path)
     verify_archive(path, host_key=KEY)
