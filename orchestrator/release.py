@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import gitinfo
 from orchestrator.context import Context
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.resolve import known_version
 from orchestrator.verify import Report, VerifyFailed, verify
-from orchestrator import gitinfo
-from aads_manifest import load_manifest, manifest_sha256
+from serving.manifest import load_manifest, manifest_sha256
 
 
 class GitError(OrchestratorError):
