@@ -22,11 +22,8 @@ import argparse
 import io
 import json
 import os
-import platform
-import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +40,8 @@ import docker  # noqa: E402
 import yaml  # noqa: E402
 
 from orchestrator.ledger import Ledger  # noqa: E402
-from serving.manifest import manifest_sha256  # noqa: E402
+from aads_manifest import manifest_sha256  # noqa: E402
+from benchmarks._common import free_port, machine, sayer, write_section  # noqa: E402
 
 VERSION = "v5.5.4-dinov3"
 BASE_IMAGE = os.environ.get("AADS_BASE_IMAGE", "aads-base:bookworm")
@@ -51,17 +49,9 @@ SECTION = "## Backup"
 MB = 1e6
 
 
-def say(msg: str) -> None:
-    print(f"bench-backup: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 LOADAVG: list[float] = []   # 1-minute load average before each measured command
+
+say = sayer("bench-backup")
 
 
 class Child:
@@ -324,21 +314,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines + comp + ["", "JSON: `docs/benchmarks/backup.json`.", ""])
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace our own section of docs/benchmarks.md (or append it); other sections stay as they are."""
-    old = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(new)
-
-
-def machine() -> str:
-    cores = os.cpu_count()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cores}-core {platform.machine()} VM, {mem:.0f} GiB, CPU only"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-gb", type=float, default=2.0, help="random-data layer of the test image in GB (default 2)")
@@ -379,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(result)
     print(text)
     if args.doc:
-        write_section(Path(args.doc), text)
+        write_section(Path(args.doc), SECTION, text)
     return 0
 
 

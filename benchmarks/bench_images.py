@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -31,13 +30,11 @@ import docker
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks._common import machine  # noqa: E402
+
 OUT = REPO / "docs" / "benchmarks-images.json"
 OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()}-core {platform.machine()} VM, {mem:.0f} GiB, CPU only"
 
 
 def cli(env: dict[str, str], *args: str) -> tuple[dict, float]:

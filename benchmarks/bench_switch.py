@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +38,7 @@ import yaml  # noqa: E402
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec  # noqa: E402
 from orchestrator import api_keys  # noqa: E402
+from benchmarks._common import free_port, machine, sayer, write_section  # noqa: E402
 
 OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
 SECTION = "## Compose switch"
@@ -52,27 +50,7 @@ RUNS = [  # (label, argv, from, to)
 ]
 PHASES = ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop", "finish"]
 
-
-def say(msg: str) -> None:
-    print(f"bench-switch: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def machine() -> str:
-    cores = os.cpu_count() or 0
-    try:
-        mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f"{mem_kib / 1024 / 1024:.0f} GiB"
-    except (OSError, AttributeError):
-        mem = "? GiB"
-    gpu = "GPU" if shutil.which("nvidia-smi") and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True).returncode == 0 else "CPU only"
-    return f"{cores}-core {platform.machine()} VM, {mem}, {gpu}"
+say = sayer("bench-switch")
 
 
 class BenchStack:
@@ -198,15 +176,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace our own section of docs/benchmarks.md (or append it); other sections stay as they are."""
-    old = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " See the module doc for the runs.")
     p.add_argument("--rate", type=float, default=10.0, help="requests/s per client kind (default 10)")
@@ -247,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     if args.doc:
-        write_section(Path(args.doc), text)
+        write_section(Path(args.doc), SECTION, text)
     print(text)
     return 0 if report["failed_total"] == 0 else 1
 

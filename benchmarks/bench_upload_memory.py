@@ -26,7 +26,6 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -37,17 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import free_port, sayer  # noqa: E402
+from orchestrator.polling import NotYet, PollTimeout, poll_until  # noqa: E402
+
 MB = 1024 * 1024
 
-
-def say(msg: str) -> None:
-    print(f"bench-upload-memory: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+say = sayer("bench-upload-memory")
 
 
 def largest_images(max_pixels: int) -> dict[str, bytes]:
@@ -116,18 +110,21 @@ def run_level(models: Path, version_dir: Path, decode: int, clients: int, per_cl
     proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
+        def ready() -> bool | NotYet:
+            if proc.poll() is not None:
+                raise SystemExit(f"error: the service exited before it got ready: {proc.stderr.read()[-1000:]}")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 c.request("GET", "/ready")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"error: the service did not get ready: {proc.stderr.read()[-1000:]}")
-            time.sleep(0.2)
+                status = c.getresponse().status
+            except OSError as e:
+                return NotYet(f"/ready unreachable ({type(e).__name__})")
+            return status == 200 or NotYet(f"/ready answered {status}")
+        try:
+            poll_until(ready, timeout=300, interval=0.2, what="the service to get ready")
+        except PollTimeout as e:
+            proc.kill()  # its stderr ends only when it does
+            raise SystemExit(f"error: {e}: {proc.stderr.read()[-1000:]}") from None
         import psutil
 
         time.sleep(1.0)

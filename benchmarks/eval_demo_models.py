@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -20,20 +19,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import machine  # noqa: E402
 from serving.demo_models import build_model_set, evaluate_model_set  # noqa: E402
 
 VERSIONS = ("v5.5.3-performance", "v5.5.4-dinov3")
 TARGET_ACCURACY, TARGET_OOD_REVIEW = 0.95, 0.90
 
 
-def machine() -> str:
+def _machine() -> str:
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{os.cpu_count()}-core {platform.machine()} ({cpu}), {mem:.0f} GiB, {gpu}"
+    return machine(torch=torch)
 
 
 def main() -> int:
@@ -68,7 +64,7 @@ def main() -> int:
         print(f"{name:{width}}" + "".join(f"{fmt(results[v]):>24}" for v in VERSIONS))
     ok = all(r["accuracy"] >= TARGET_ACCURACY and r["ood_review_rate"] >= TARGET_OOD_REVIEW for r in results.values())
     print(f"targets (accuracy >= {TARGET_ACCURACY}, OOD review >= {TARGET_OOD_REVIEW}): {'met' if ok else 'NOT met'}")
-    doc = {"command": "benchmarks/eval_demo_models.py", "machine": machine(), "per_class": args.per_class,
+    doc = {"command": "benchmarks/eval_demo_models.py", "machine": _machine(), "per_class": args.per_class,
            "ood_per_kind": args.ood_per_kind, "targets": {"accuracy": TARGET_ACCURACY, "ood_review": TARGET_OOD_REVIEW},
            "met": ok, "results": results}
     if not args.no_write:

@@ -36,7 +36,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
+
+if __name__ == "__main__":  # run as a script: the repository root on sys.path for benchmarks._common
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import percentile  # noqa: E402
 
 KINDS = ("fresh", "keepalive")
 ALLOWED_HOSTS = ("127.0.0.1",)
@@ -103,18 +108,11 @@ class _Sample:
     answer: str | None = None
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
 def _latency_summary(latencies: list[float]) -> dict[str, float | None]:
     xs = sorted(latencies)
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
-    return {"p50_ms": ms(_percentile(xs, 0.50)), "p95_ms": ms(_percentile(xs, 0.95)),
-            "p99_ms": ms(_percentile(xs, 0.99)), "max_ms": ms(xs[-1] if xs else None)}
+    return {"p50_ms": ms(percentile(xs, 50)), "p95_ms": ms(percentile(xs, 95)),
+            "p99_ms": ms(percentile(xs, 99)), "max_ms": ms(xs[-1] if xs else None)}
 
 
 @dataclass
