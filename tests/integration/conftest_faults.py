@@ -10,7 +10,6 @@ so tests can `kill -9` it, or point its DOCKER_HOST at a dead socket.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -18,9 +17,8 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,7 +27,8 @@ import requests
 import yaml
 
 from orchestrator import api_keys
-from orchestrator.ledger import LEDGER_FILE, Ledger
+from orchestrator.ledger import LEDGER_FILE
+from tests.scratch_host import ScratchHost
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_VERSION = "v5.5.3-performance"
@@ -54,60 +53,18 @@ def copy_ledger(src_state_dir: Path, dst_state_dir: Path) -> None:
         dst.close()
 
 
-@dataclass
-class Stack:
+@dataclass(kw_only=True)
+class Stack(ScratchHost):
     """One compose target of our own, and the orchestrator CLI pointed at it."""
 
     name: str                       # target name
     project: str                    # compose project name
-    root: Path                      # holds orchestrator.yaml, state/, versions/
     edge_port: int
     registry: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / "orchestrator.yaml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / "versions"
 
     @property
     def edge_url(self) -> str:
         return f"http://127.0.0.1:{self.edge_port}"
-
-    def ledger(self) -> Ledger:
-        return Ledger(self.state_dir)
-
-    def process_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AADS_")}
-        env.update({"AADS_CONFIG": str(self.config_file), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    "COLUMNS": "200"})
-        env.update(self.env)
-        env.update(extra or {})
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "orchestrator", *args]
-
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), env=self.process_env(env), cwd=self.root, capture_output=True,
-                              text=True, timeout=timeout)
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        """The orchestrator in the background (its own process group, so kill -9 reaches only it)."""
-        return subprocess.Popen(self.argv(*args), env=self.process_env(env), cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-    def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
-        r = self.run(*args, "--json", env=env)
-        assert r.returncode == 0, f"orchestrator {' '.join(args)} --json: rc {r.returncode}: {r.stderr[-2000:]}"
-        return json.loads(r.stdout)
 
     @property
     def api_headers(self) -> dict[str, str]:

@@ -28,7 +28,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -42,9 +41,10 @@ import yaml
 
 from orchestrator.backup import format as fmt
 from orchestrator.backup.reader import scan
-from orchestrator.ledger import LEDGER_FILE, Ledger
+from orchestrator.ledger import LEDGER_FILE
 from serving.manifest import manifest_sha256
 from tests.integration.conftest_faults import free_port, make_stack, one_line_error
+from tests.scratch_host import ScratchHost
 
 pytestmark = [pytest.mark.engine]
 pytest_plugins = ["tests.integration.conftest_faults"]
@@ -55,53 +55,17 @@ OTHER = "v5.5.3-performance"
 
 
 # ---- a host of our own -----------------------------------------------------------------------
-@dataclass
-class Host:
-    root: Path
+@dataclass(kw_only=True)
+class Host(ScratchHost):
     client: Any
     registry: str
     images: list[str] = field(default_factory=list)   # ids this test made or loaded: removed at the end
 
-    @property
-    def config_file(self) -> Path:
-        return self.root / "orchestrator.yaml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.root / "versions"
+    run_timeout = 900
 
     @property
     def out_dir(self) -> Path:
         return self.root / "backups"
-
-    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AADS_")}
-        env.update(AADS_CONFIG=str(self.config_file), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", COLUMNS="200")
-        env.update(extra or {})
-        return env
-
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.root, env=self.env(env),
-                              capture_output=True, text=True, timeout=timeout)
-
-    def json(self, *args: str, timeout: float = 900) -> Any:
-        r = self.run(*args, "--json", timeout=timeout)
-        assert r.returncode == 0, f"orchestrator {' '.join(args)}: rc {r.returncode}: {r.stderr[-2000:]}"
-        return json.loads(r.stdout)
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        # SIGINT back to its default: a test run started in the background (`cmd &`) inherits it
-        # ignored, and then Python installs no Ctrl-C handler in the child either.
-        return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=self.root, env=self.env(env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-    def ledger(self) -> Ledger:
-        return Ledger(self.state_dir)
 
     def records(self, version: str) -> tuple[list[Any], list[Any]]:
         ledger = self.ledger()
