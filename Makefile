@@ -16,7 +16,7 @@ VARIANT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install engine kubectl models images demo lint test test-unit test-integration \
+.PHONY: install engine kubectl models images demo test test-unit test-integration \
         bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check \
         mutation clean help
 
@@ -51,13 +51,6 @@ kubectl:  ## kubectl 1.32 (Debian trixie's) where none new enough is on PATH; pa
 test-unit: install kubectl  ## unit + API tests (no engine)
 	$(PY) -m pytest tests/unit tests/api -q
 
-test-integration: install engine models  ## engine tests only (tests/integration: real Docker engine, registry, compose)
-	$(PY) -m pytest tests/integration -q --durations=25
-
-lint: install  ## ruff + the import contract (which package may import which; [tool.importlinter] in pyproject.toml)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
-
 test: install engine models  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25
 
@@ -71,6 +64,14 @@ MUTATION_SCOPE := 'orchestrator.haproxy.*' 'orchestrator.resolve.*' \
 mutation: install  ## mutation testing (mutmut) of the promise-carrying code against the fast tests; docs/testing.md
 	nice -n 10 $(VENV)/bin/mutmut run --max-children 2 $(MUTATION_SCOPE)
 	$(PY) scripts/mutation_report.py $(MUTATION_SCOPE)
+
+.PHONY: lint
+test-integration: install engine models  ## engine tests only (tests/integration: real Docker engine, registry, compose)
+	$(PY) -m pytest tests/integration -q --durations=25
+
+lint: install  ## ruff + the import contract (which package may import which; [tool.importlinter] in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench-serving: install  ## HTTP vs in-process vs naive serving
 	$(PY) benchmarks/bench_serving.py

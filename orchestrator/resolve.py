@@ -14,7 +14,7 @@ from orchestrator.errors import TamperError, UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.registry import RegistryClient
 from orchestrator.variants import refuse_suffixed_name
-from serving.manifest import validate_version_name
+from aads_manifest import validate_version_name
 
 
 @dataclass(frozen=True)

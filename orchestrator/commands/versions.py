@@ -13,7 +13,7 @@ from orchestrator.errors import UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.resolve import known_version
 from orchestrator.variants import VARIANTS, registry_tag
-from serving.manifest import ManifestError, load_manifest, manifest_sha256, version_key
+from aads_manifest import ManifestError, load_manifest, manifest_sha256, version_key
 
 pass_ctx = click.make_pass_decorator(Context)
 
