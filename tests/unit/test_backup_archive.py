@@ -29,6 +29,7 @@ from orchestrator.backup.reader import ArchiveError, ForeignArchiveError, scan
 from orchestrator.backup.verify import verify_archive
 from orchestrator.errors import NoSpaceError, TamperError, UsageError
 from serving.manifest import manifest_sha256
+from tests.hostile_archives import tar_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "v5.5.4-dinov3"
@@ -38,14 +39,7 @@ KEY = b"unit-test host key, 32 bytes long"
 
 # ---- synthetic docker save tars and archives -------------------------------------------------
 def _tar_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(files, fmt_=tarfile.PAX_FORMAT)
 
 
 def docker_save_tar(labels: dict[str, str], layer_sizes=(70_000, 130_001), seed: int = 7,
