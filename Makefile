@@ -55,10 +55,11 @@ test: install engine models  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25
 
 # The functions that carry the release promises ([tool.mutmut] in pyproject.toml picks the fast tests).
-MUTATION_SCOPE := 'orchestrator.haproxy.*' 'orchestrator.resolve.*' \
+MUTATION_SCOPE := 'orchestrator.backends.compose.haproxy.*' 'orchestrator.resolve.*' \
 	'orchestrator.switchflow.x*Steps*' 'orchestrator.switchflow.x_pause_hook__mutmut_*' \
-	'orchestrator.backends.compose.x*ComposeBackend*_switch_locked__mutmut_*' \
-	'orchestrator.backends.compose.x*ComposeBackend*_fail__mutmut_*' \
+	'orchestrator.switchflow.x_run__mutmut_*' 'orchestrator.switchflow.x_fail__mutmut_*' \
+	'orchestrator.backends.compose.switch.x*ComposeSwitch*' \
+	'orchestrator.backends.compose.backend.x*ComposeBackend*_switch_locked__mutmut_*' \
 	'orchestrator.backup.verify.*' 'serving.pipeline.x*Pipeline*_decide__mutmut_*'
 
 mutation: install  ## mutation testing (mutmut) of the promise-carrying code against the fast tests; docs/testing.md

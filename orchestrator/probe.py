@@ -8,6 +8,7 @@ from typing import Any, Callable
 import requests
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.polling import NotYet, PollTimeout, poll_until
 
 
 class ProbeError(OrchestratorError):
@@ -64,20 +65,23 @@ def wait_ready(base_url: str, timeout_s: float, abort: Callable[[], str | None] 
         ProbeError: on timeout (naming the last answer) or when abort() gives a reason.
     """
     start = time.monotonic()
-    deadline = start + timeout_s
-    last = "no answer yet"
-    while True:
+    url = f"{base_url}/ready"
+
+    def ready() -> bool | NotYet:
         try:
-            r = requests.get(f"{base_url}/ready", timeout=2)
+            r = requests.get(url, timeout=2)
             if r.status_code == 200:
-                return time.monotonic() - start
-            last = f"/ready answered {r.status_code}"
+                return True
+            last = NotYet(f"/ready answered {r.status_code}")
         except requests.RequestException as e:
-            last = f"/ready unreachable ({type(e).__name__})"
-        if abort is not None:
-            reason = abort()
-            if reason:
-                raise ProbeError(f"{base_url} never became ready: {reason}")
-        if time.monotonic() >= deadline:
-            raise ProbeError(f"{base_url} not ready after {timeout_s:g}s ({last})")
-        time.sleep(interval_s)
+            last = NotYet(f"/ready unreachable ({type(e).__name__})")
+        reason = abort() if abort is not None else None
+        if reason:
+            raise ProbeError(f"{base_url} never became ready: {reason}")
+        return last
+
+    try:
+        poll_until(ready, timeout=timeout_s, interval=interval_s, what=url)
+    except PollTimeout as e:
+        raise ProbeError(f"{base_url} not ready after {timeout_s:g}s ({e.last or 'no answer yet'})") from None
+    return time.monotonic() - start

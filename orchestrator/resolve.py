@@ -27,12 +27,18 @@ class Deployable:
     push: Push
 
 
-def known_version(ctx: Context, version: str) -> str:
-    """Refuse a malformed or undefined version name with one clear line."""
+def valid_name(version: str) -> str:
+    """Refuse a malformed version name (vMAJOR.MINOR.PATCH-OPTIMIZATION) with one clear line."""
     try:
         validate_version_name(version)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return version
+
+
+def known_version(ctx: Context, version: str) -> str:
+    """Refuse a malformed or undefined version name with one clear line."""
+    valid_name(version)
     refuse_suffixed_name(version)
     if not (ctx.config.versions_path / version).is_dir():
         raise UsageError(f"unknown version {version}: no folder {ctx.config.versions_path / version}")

@@ -21,11 +21,10 @@ import pytest
 import requests
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec
-from orchestrator import compose_cli
-from orchestrator.haproxy import EdgeRuntime
+from orchestrator.backends.compose import compose_cli
+from orchestrator.backends.compose.haproxy import EdgeRuntime
 from orchestrator.probe import wait_ready
-from tests.integration.conftest_faults import (LIVE_VERSION, OTHER_VERSION, Stack, make_stack,
-                                               one_line_error)
+from tests.integration.conftest_faults import LIVE_VERSION, OTHER_VERSION, Stack, make_stack, one_line_error
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 pytest_plugins = ["tests.integration.conftest_faults"]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import compose_cli
-from orchestrator.backends import compose as backend
-from orchestrator.compose_cli import V1, V2, ComposeProject, Flavor
+from orchestrator.backends.compose import compose_cli, gpu_room, stack
+from orchestrator.backends.compose.compose_cli import V1, V2, ComposeProject, Flavor
 from orchestrator.errors import ConfigError, EngineError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,20 +154,20 @@ def test_a_missing_slot_image_is_a_clear_compose_error(tmp_path):
 # -- pure helpers of the compose backend ---------------------------------------------------------
 
 def test_parse_gpu_memory_takes_the_fullest_gpu():
-    assert backend.parse_gpu_memory("40000, 81559\n1200, 81559\n") == (1200, 81559)
-    assert backend.parse_gpu_memory("") is None
-    assert backend.parse_gpu_memory("[N/A], [N/A]\n") is None
+    assert gpu_room.parse_gpu_memory("40000, 81559\n1200, 81559\n") == (1200, 81559)
+    assert gpu_room.parse_gpu_memory("") is None
+    assert gpu_room.parse_gpu_memory("[N/A], [N/A]\n") is None
 
 
 def test_gpu_room_verdict():
-    assert backend.gpu_room_verdict(free_mib=60000, total_mib=80000) is None   # 20 GB used, 60 free
-    verdict = backend.gpu_room_verdict(free_mib=10000, total_mib=80000)      # 70 GB used
+    assert gpu_room.gpu_room_verdict(free_mib=60000, total_mib=80000) is None   # 20 GB used, 60 free
+    verdict = gpu_room.gpu_room_verdict(free_mib=10000, total_mib=80000)      # 70 GB used
     assert verdict and "10000 MiB free" in verdict and "blue and green" in verdict
 
 
 def test_other_slot():
-    assert backend.other("blue") == "green" and backend.other("green") == "blue"
-    assert backend.other(None) == "blue"
+    assert stack.other("blue") == "green" and stack.other("green") == "blue"
+    assert stack.other(None) == "blue"
 
 
 def test_history_success_rate_counts_switches_not_noops(tmp_path):

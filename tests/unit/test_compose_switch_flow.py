@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from orchestrator import probe
-from orchestrator.backends import compose as compose_mod
-from orchestrator.backends.compose import Candidate, ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
+from orchestrator.backends.compose import ComposeBackend, ConfirmFailed, SmokeFailed, WatchFailed
+from orchestrator.backends.compose import backend as backend_mod
+from orchestrator.backends.compose import switch as switch_mod
+from orchestrator.backends.compose.checks import Checks
+from orchestrator.backends.compose.haproxy import EdgeRuntime, config_live_slot
+from orchestrator.backends.compose.stack import ComposeStack
 from orchestrator.context import Context
 from orchestrator.errors import EngineError, RegistryError, SwitchFailed, TamperError
-from orchestrator.haproxy import EdgeRuntime, config_live_slot
-from orchestrator.resolve import Deployable
 from tests.unit.test_haproxy import SlowEdge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +34,38 @@ def digest(v: str) -> str:
     return "sha256:" + (v.encode().hex() * 8)[:64]
 
 
+# What the stack (engine, edge) and the checks (HTTP) do, answered by the recorder below instead.
+STACK_CALLS = ("slot_runs", "ready_now", "check_gpu_room", "slot_image", "start_slot", "stop_slot",
+               "slot_exit_reason", "edge", "point_edge_at", "containers", "edge_health")
+CHECK_CALLS = ("smoke", "confirm", "watch")
+
+
+class RecordingStack(ComposeStack):
+    def __init__(self, recorder, *args):
+        super().__init__(*args)
+        self.recorder = recorder
+
+
+class RecordingChecks(Checks):
+    def __init__(self, recorder, stack):
+        super().__init__(stack)
+        self.recorder = recorder
+
+
+for _name in STACK_CALLS:
+    setattr(RecordingStack, _name, lambda self, *a, _n=_name, **k: getattr(self.recorder, _n)(*a, **k))
+for _name in CHECK_CALLS:
+    setattr(RecordingChecks, _name, lambda self, *a, _n=_name, **k: getattr(self.recorder, _n)(*a, **k))
+
+
 class RecordingCompose(ComposeBackend):
-    """ComposeBackend with its engine calls recorded instead of run; `fail_at` makes one of them raise."""
+    """ComposeBackend on a stack whose engine calls and checks are recorded instead of run; `fail_at`
+    makes one of them raise."""
 
     def __init__(self, ctx, target, spec, edge: SlowEdge, fail_at: str | None = None):
         super().__init__(ctx, target, spec)
+        self.stack = RecordingStack(self, ctx.config, target, spec, ctx.note)
+        self.checks = RecordingChecks(self, self.stack)
         self.fake_edge = edge
         self.rt = EdgeRuntime(self._exec)
         self.fail_at = fail_at
@@ -92,6 +121,12 @@ class RecordingCompose(ComposeBackend):
             raise EngineError("compose stop failed (on purpose)")
         self.running.pop(slot, None)
 
+    def containers(self):
+        return {}
+
+    def edge_health(self):
+        return "ready"
+
     def slot_exit_reason(self, slot):
         return f"{slot} exited (asked)"
 
@@ -128,7 +163,7 @@ class RecordingCompose(ComposeBackend):
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     # No registry here: the tag check is tests/unit/test_resolve.py's; the rest of resolve runs as is.
-    real_resolve = compose_mod.resolve
+    real_resolve = backend_mod.resolve
     registry = {"down": False}
 
     def resolve_without_registry(ctx, version, *, variant=None, check_registry=True):
@@ -136,7 +171,7 @@ def project(tmp_path, monkeypatch):
             raise RegistryError("registry 127.0.0.1:1 is unreachable (ConnectionError)")
         return real_resolve(ctx, version, variant=variant, check_registry=False)
 
-    monkeypatch.setattr(compose_mod, "resolve", resolve_without_registry)
+    monkeypatch.setattr(backend_mod, "resolve", resolve_without_registry)
     (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
         "registry": REPO, "state_dir": "state", "versions_dir": str(ROOT / "versions"), "default_target": "local",
         "targets": {"local": {"kind": "compose", "compose_file": str(ROOT / "compose" / "compose.yaml"),
@@ -162,7 +197,7 @@ def project(tmp_path, monkeypatch):
         name, spec = ctx.config.target("local")
         spec = spec.model_copy(update={"watch_s": watch_s})
         backend = RecordingCompose(ctx, name, spec, SlowEdge(up_after=up_after), fail_at=fail_at)
-        backend.write_edge_config("blue")
+        backend.stack.write_edge_config("blue")
         backend.ready_urls, backend.ready_asked = ready, asked
         backend.registry = registry
         return backend
@@ -181,14 +216,14 @@ def test_the_switch_confirms_the_new_slot_serving_before_it_drains_the_old_one(p
         "confirm (edge serves green)", "watch",
         "edge: blue state maint", "stop blue",
     ]
-    assert backend.ready_urls == [backend.slot_url("green")]
+    assert backend.ready_urls == [backend.stack.slot_url("green")]
     # The drain went out only after a poll of the edge had seen green serving.
     log = backend.fake_edge.log
     drain_at = log.index(("set", "set server slots/blue state drain"))
     assert [e[1] for e in log[:drain_at] if e[0] == "serving"][-1] == ("blue", "green")
     live = backend.ctx.ledger.live("local")
     assert (live.version, live.slot, live.previous_version) == (NEW, "green", OLD)
-    assert config_live_slot(backend.cfg_path.read_text()) == "green"
+    assert config_live_slot(backend.stack.cfg_path.read_text()) == "green"
     sw = backend.ctx.ledger.history("local")[-1]
     assert sw.outcome == "succeeded"
     assert list(sw.phases) == ["resolve", "start", "ready", "smoke", "flip", "confirm", "watch", "drain", "stop",
@@ -205,7 +240,7 @@ def test_a_failed_smoke_never_touches_the_edge(project, capsys):
     assert backend.events == ["start green", "smoke green", "stop green"]
     assert backend.fake_edge.log == []  # not one runtime API command
     assert backend.ctx.ledger.live("local").version == OLD
-    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    assert config_live_slot(backend.stack.cfg_path.read_text()) == "blue"
     sw = backend.ctx.ledger.history("local")[-1]
     assert (sw.outcome, sw.reason) == ("failed", "smoke: golden images differ (on purpose)")
     assert digest(NEW) in backend.ctx.ledger.failed_digests()
@@ -227,7 +262,7 @@ def test_when_flipping_back_fails_the_reason_says_so_and_the_file_names_the_live
     message = str(err.value)
     assert message.startswith(f"switch to {NEW} reverted at confirm: the edge does not serve the candidate "
                               "(on purpose); flipping back failed: edge runtime API failed (exit 126)"), message
-    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    assert config_live_slot(backend.stack.cfg_path.read_text()) == "blue"
     sw = backend.ctx.ledger.history("local")[-1]
     assert sw.outcome == "reverted" and "; flipping back failed: edge runtime API failed" in sw.reason
     assert "edge flipped back" not in capsys.readouterr().err
@@ -243,7 +278,7 @@ def test_a_failure_after_the_flip_flips_back_before_stopping_the_candidate(proje
                                              "edge: green state maint", "stop green"]
     assert "stop blue" not in backend.events
     assert backend.rt.serving_slots() == ["blue"]
-    assert config_live_slot(backend.cfg_path.read_text()) == "blue"
+    assert config_live_slot(backend.stack.cfg_path.read_text()) == "blue"
     sw = backend.ctx.ledger.history("local")[-1]
     assert sw.outcome == "reverted" and sw.reason.startswith(f"{fail_at}:")
     assert [r["version"] for r in backend.ctx.ledger.failed_digests()[digest(NEW)]] == [NEW]
@@ -261,7 +296,7 @@ def test_the_flip_step_pauses_at_its_points_inside_the_step(project, monkeypatch
             step = backend.ctx.ledger.history("local")[-1].step
             seen.append((point, backend.rt.serving_slots(), step))
 
-    monkeypatch.setattr(compose_mod, "pause_hook", hook)
+    monkeypatch.setattr(switch_mod, "pause_hook", hook)
     backend.switch(NEW)
     assert seen == [("flip:enabled", ["blue", "green"], "flip"), ("flip:drained", ["green"], "flip")]
 
@@ -384,8 +419,8 @@ def test_a_rollback_goes_back_to_the_digest_that_ran_before_even_after_a_new_pus
     capsys.readouterr()
     out = backend.rollback()
     assert out["to_version"] == OLD and out["digest"] == digest(OLD) and out["slot"] == "blue"
-    assert backend.ready_urls[-1] == backend.slot_url("blue") != backend.slot_url("green")
-    assert f"→ ready    {backend.slot_url('blue')}/ready" in capsys.readouterr().err
+    assert backend.ready_urls[-1] == backend.stack.slot_url("blue") != backend.stack.slot_url("green")
+    assert f"→ ready    {backend.stack.slot_url('blue')}/ready" in capsys.readouterr().err
     assert backend.running["blue"] == f"{REPO}@{digest(OLD)}"
     assert ledger.history("local")[-1].digest == digest(OLD)
     again = backend.switch(NEW)
@@ -402,7 +437,7 @@ def test_the_flow_hands_each_check_its_candidate_and_slot(project, capsys):
     err = capsys.readouterr().err
     for line in [f"→ resolve  {NEW} → digest, registry tag check",
                  f"→ start    green ← {REPO}@{digest(NEW)[:19]}…\n",
-                 f"→ ready    {backend.slot_url('green')}/ready",
+                 f"→ ready    {backend.stack.slot_url('green')}/ready",
                  "→ smoke    golden images on the slot",
                  "→ flip     edge → green, drain blue",
                  f"→ confirm  {backend.edge_url}/v1/version names {NEW}",
@@ -464,3 +499,45 @@ def test_a_switch_records_the_newest_push_of_its_version(project):
                        digest=digest("pushed again"))
     backend.switch(OLD)
     assert ledger.history("local")[-1].digest == digest("pushed again")
+
+
+def interrupted_switch(backend, step: str):
+    """A switch record as a `kill -9` at `step` leaves it: 'running', its step entered."""
+    ledger = backend.ctx.ledger
+    sw = ledger.begin_switch(target="local", action="switch", to_version=NEW, from_version=OLD, digest=digest(NEW),
+                             command="orchestrator switch", data={"live_slot": "blue", "candidate_slot": "green",
+                                                                  "keep_previous": False})
+    ledger.enter_step(sw.id, step, image=f"{REPO}@{digest(NEW)}", digest=digest(NEW), version=NEW)
+    return sw
+
+
+@pytest.fixture
+def no_compose_cli(monkeypatch):
+    from types import SimpleNamespace
+    monkeypatch.setattr(ComposeStack, "project",
+                        property(lambda self: SimpleNamespace(flavor=SimpleNamespace(describe=lambda: "test"))))
+
+
+def test_status_is_read_only_it_lists_an_unfinished_switch_and_repairs_nothing(project, no_compose_cli, capsys):
+    backend = project()
+    sw = interrupted_switch(backend, "ready")
+    st = backend.status()
+    assert [(i["id"], i["step"]) for i in st["unfinished"]] == [(sw.id, "ready")]
+    assert st["interrupted"] == [] and st["switch_running"] == []
+    assert backend.ctx.ledger.switch(sw.id).outcome == "running"     # still half done: nothing repaired
+    assert backend.events == [] and backend.reconciled == []
+    assert [e for e in backend.fake_edge.log if e[0] == "set"] == []   # the edge was read, never told anything
+    assert "was interrupted" not in capsys.readouterr().err
+
+
+def test_repair_finishes_what_status_lists_and_returns_the_status_with_the_repairs(project, no_compose_cli, capsys):
+    backend = project()
+    sw = interrupted_switch(backend, "ready")
+    out = backend.repair()
+    assert [(i["id"], i["step"]) for i in out["interrupted"]] == [(sw.id, "ready")]
+    assert out["repairs"] == [f"switch #{sw.id}: back to {OLD} on blue; candidate slot green stopped"]
+    assert out["unfinished"] == [] and out["live"]["version"] == OLD
+    assert backend.ctx.ledger.switch(sw.id).outcome == "interrupted"
+    assert backend.reconciled == [OLD] and backend.events == ["stop green"]
+    assert f"switch #{sw.id} (switch → {NEW}) was interrupted at step ready" in capsys.readouterr().err
+    assert backend.repair()["repairs"] == []    # nothing left to repair

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import haproxy
-from orchestrator.haproxy import EdgeError, EdgeRuntime
+from orchestrator import fsutil
+from orchestrator.backends.compose import haproxy
+from orchestrator.backends.compose.haproxy import EdgeError, EdgeRuntime
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "images" / "edge" / "haproxy.cfg.tmpl").read_text()
 
@@ -338,8 +339,8 @@ def test_write_config_renames_a_temp_file_from_the_same_folder(tmp_path, monkeyp
     """The rename is atomic only within one filesystem: the temp file must sit beside the config."""
     path = tmp_path / "edge" / "haproxy.cfg"
     renamed: list[tuple[str, str]] = []
-    real_replace = haproxy.os.replace
-    monkeypatch.setattr(haproxy.os, "replace", lambda src, dst: (renamed.append((src, dst)), real_replace(src, dst)))
+    real_replace = fsutil.os.replace  # haproxy.cfg is written by orchestrator.fsutil.atomic_write
+    monkeypatch.setattr(fsutil.os, "replace", lambda src, dst: (renamed.append((src, dst)), real_replace(src, dst)))
     haproxy.write_config(path, "one\n")
     (src, dst), = renamed
     assert Path(src).parent == path.parent and Path(dst) == path
@@ -353,7 +354,7 @@ def test_write_config_that_fails_leaves_the_old_file_and_no_temp(tmp_path, monke
     def broken(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(haproxy.os, "replace", broken)
+    monkeypatch.setattr(fsutil.os, "replace", broken)
     with pytest.raises(OSError, match="disk gone"):
         haproxy.write_config(path, "new\n")
     assert path.read_text() == "old\n"

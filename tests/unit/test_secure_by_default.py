@@ -17,6 +17,7 @@ from rich.console import Console
 
 from orchestrator import api_keys
 from orchestrator.backends.compose import ComposeBackend
+from orchestrator.backends.compose.haproxy import EdgeError
 from orchestrator.config import ComposeTarget
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
@@ -32,55 +33,55 @@ def backend(tmp_path: Path, **target) -> ComposeBackend:
 
 
 def env_of(b: ComposeBackend) -> dict[str, str]:
-    return b.read_env()
+    return b.stack.read_env()
 
 
 def test_the_first_env_write_makes_a_0600_key_file_and_hands_the_keys_to_the_slots(tmp_path):
     b = backend(tmp_path)
-    b.write_env(BLUE_IMAGE="img@sha256:" + "a" * 64)
-    assert stat.S_IMODE(os.stat(b.keys_path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(b.env_path).st_mode) == 0o600
-    keys = api_keys.read_keys(b.keys_path)
+    b.stack.write_env(BLUE_IMAGE="img@sha256:" + "a" * 64)
+    assert stat.S_IMODE(os.stat(b.stack.keys_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(b.stack.env_path).st_mode) == 0o600
+    keys = api_keys.read_keys(b.stack.keys_path)
     assert [k.key_id for k in keys] == ["orchestrator"] and len(keys[0].secret) >= 32
     value = env_of(b)["SLOT_API_KEYS"]
     # What the slot reads is what the service accepts: the same keys, by the service's own parser.
     assert Settings.from_env({"AADS_API_KEYS": value}).api_keys == keys
-    assert b.client_headers == {"X-API-Key": keys[0].secret}
-    first = b.keys_path.read_text()
-    b.write_env(GREEN_IMAGE="img@sha256:" + "b" * 64)
-    assert b.keys_path.read_text() == first  # made once, kept
+    assert b.stack.client_headers == {"X-API-Key": keys[0].secret}
+    first = b.stack.keys_path.read_text()
+    b.stack.write_env(GREEN_IMAGE="img@sha256:" + "b" * 64)
+    assert b.stack.keys_path.read_text() == first  # made once, kept
 
 
 def test_keys_an_operator_adds_reach_the_slots_at_the_next_start(tmp_path):
     b = backend(tmp_path)
-    b.write_env(BLUE_IMAGE="x")
-    with open(b.keys_path, "a") as f:
+    b.stack.write_env(BLUE_IMAGE="x")
+    with open(b.stack.keys_path, "a") as f:
         f.write("mobile-app:mobile-secret-0123456789\n")
-    b.write_env(BLUE_IMAGE="x")
+    b.stack.write_env(BLUE_IMAGE="x")
     ids = [k.key_id for k in Settings.from_env({"AADS_API_KEYS": env_of(b)["SLOT_API_KEYS"]}).api_keys]
     assert ids == ["orchestrator", "mobile-app"]
 
 
 def test_api_keys_off_is_the_documented_switch(tmp_path):
     b = backend(tmp_path, api_keys="off")
-    b.write_env(BLUE_IMAGE="x")
-    assert env_of(b)["SLOT_API_KEYS"] == "" and not b.keys_path.exists() and b.client_headers == {}
+    b.stack.write_env(BLUE_IMAGE="x")
+    assert env_of(b)["SLOT_API_KEYS"] == "" and not b.stack.keys_path.exists() and b.stack.client_headers == {}
     assert ComposeTarget.model_validate(yaml.safe_load("api_keys: off")).api_keys == "off"  # YAML's boolean off
 
 
 def test_a_key_file_others_may_read_or_a_link_is_refused(tmp_path):
     b = backend(tmp_path)
-    b.write_env(BLUE_IMAGE="x")
-    os.chmod(b.keys_path, 0o644)
+    b.stack.write_env(BLUE_IMAGE="x")
+    os.chmod(b.stack.keys_path, 0o644)
     with pytest.raises(UsageError, match="chmod 600"):
-        b.write_env(BLUE_IMAGE="x")
+        b.stack.write_env(BLUE_IMAGE="x")
     target = tmp_path / "elsewhere"
-    b.keys_path.unlink()
-    b.keys_path.symlink_to(target)
-    assert not api_keys.ensure_keys_file(b.keys_path)  # never written through a link
+    b.stack.keys_path.unlink()
+    b.stack.keys_path.symlink_to(target)
+    assert not api_keys.ensure_keys_file(b.stack.keys_path)  # never written through a link
     assert not target.exists()
     with pytest.raises(UsageError, match="not a regular file"):
-        api_keys.read_keys(b.keys_path)
+        api_keys.read_keys(b.stack.keys_path)
 
 
 def compose_services() -> dict:
@@ -116,10 +117,11 @@ def test_status_shows_restarts_and_oom_kills_per_slot(tmp_path, monkeypatch):
     b = backend(tmp_path)
     killed = SimpleNamespace(status="running", attrs={"RestartCount": 3, "State": {"OOMKilled": True, "Health": None},
                                                       "Config": {"Image": "img"}}, labels={})
-    monkeypatch.setattr(b, "containers", lambda: {"blue": killed})
-    monkeypatch.setattr(b, "edge", lambda: (_ for _ in ()).throw(__import__("orchestrator.haproxy").haproxy.EdgeError("no edge")))
+    monkeypatch.setattr(b.stack, "containers", lambda: {"blue": killed})
+    monkeypatch.setattr(b.stack, "edge", lambda: (_ for _ in ()).throw(EdgeError("no edge")))
     monkeypatch.setattr(b, "known_image", lambda c: None)
-    monkeypatch.setattr(type(b), "project", property(lambda self: SimpleNamespace(flavor=SimpleNamespace(describe=lambda: "test"))))
+    monkeypatch.setattr(type(b.stack), "project",
+                        property(lambda self: SimpleNamespace(flavor=SimpleNamespace(describe=lambda: "test"))))
     slots = {s["slot"]: s for s in b.status()["slots"]}
     assert (slots["blue"]["restarts"], slots["blue"]["oom_killed"]) == (3, True)
     assert slots["green"]["restarts"] is None

@@ -68,9 +68,9 @@ def test_compose_backend_auto_is_cpu_without_a_gpu(project, monkeypatch):
     name, spec = ctx.config.target("local")
     assert spec.variant == "auto"
     backend = ComposeBackend(ctx, name, spec)
-    monkeypatch.setattr("orchestrator.backends.compose.gpu_memory", lambda: None)
+    monkeypatch.setattr("orchestrator.backends.compose.gpu_room.gpu_memory", lambda: None)
     assert backend.variant == "cpu"
-    monkeypatch.setattr("orchestrator.backends.compose.gpu_memory", lambda: (80_000, 81_000))
+    monkeypatch.setattr("orchestrator.backends.compose.gpu_room.gpu_memory", lambda: (80_000, 81_000))
     assert ComposeBackend(ctx, name, spec).variant == "cuda"
 
 
@@ -149,7 +149,7 @@ def test_list_flags_a_cpu_image_under_the_plain_tag(project, capsys):
 
 def test_a_compose_switch_resolves_the_variant_it_deploys_and_says_so(project, monkeypatch, capsys):
     monkeypatch.setenv("AADS_TARGET_LOCAL_IMAGE_SOURCE", "local")  # no registry to ask in a unit test
-    monkeypatch.setattr("orchestrator.backends.compose.gpu_memory", lambda: None)
+    monkeypatch.setattr("orchestrator.backends.compose.gpu_room.gpu_memory", lambda: None)
     led = Ledger(project / "state")
     _, cpu = record(led, project, "cpu", "1")
     _, cuda = record(led, project, "cuda", "3")  # pushed later: "latest push" alone would pick it

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import string
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from orchestrator.errors import EngineError
+from orchestrator.fsutil import atomic_write
+from orchestrator.polling import NotYet, PollTimeout, poll_until
 
 BACKEND = "slots"
 SLOTS = ("blue", "green")
@@ -103,22 +103,8 @@ def config_live_slot(text: str) -> str | None:
 
 
 def write_config(path: Path, text: str) -> None:
-    """Atomic: write a temp file beside it, fsync, rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".haproxy.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # the edge runs as the haproxy user
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Atomic and durable (orchestrator.fsutil); 0644: the edge runs as the haproxy user."""
+    atomic_write(path, text, mode=0o644)
 
 
 # -- parsers -----------------------------------------------------------------------------------
@@ -293,25 +279,31 @@ class EdgeRuntime:
     def wait_up(self, slot: str, timeout_s: float = 10.0) -> float:
         """Wait until HAProxy sees `slot` up and taking traffic; the seconds it took."""
         start = time.monotonic()
-        while True:
+
+        def serving() -> bool | NotYet:
             st = self.servers().get(slot)
             if st is not None and st.serving:
-                return time.monotonic() - start
-            if time.monotonic() - start > timeout_s:
-                state = "missing" if st is None else f"{OP_STATES.get(st.op_state, st.op_state)}, admin {st.admin_state}"
-                raise EdgeError(f"edge did not see slot {slot} up within {timeout_s:g}s ({state})")
-            time.sleep(0.1)
+                return True
+            return NotYet("missing" if st is None else f"{OP_STATES.get(st.op_state, st.op_state)}, "
+                                                       f"admin {st.admin_state}")
+
+        try:
+            poll_until(serving, timeout=timeout_s, interval=0.1, what=f"slot {slot} up in the edge")
+        except PollTimeout as e:
+            raise EdgeError(f"edge did not see slot {slot} up within {timeout_s:g}s ({e.last})") from None
+        return time.monotonic() - start
 
     def wait_idle(self, slot: str, timeout_s: float = 30.0) -> float:
         """Wait until no request is in flight on `slot` (it drains); the seconds it took."""
         start = time.monotonic()
-        while True:
+
+        def idle() -> bool:
             st = self.stats().get(slot)
-            if st is None or st.current_sessions == 0:
-                return time.monotonic() - start
-            if time.monotonic() - start > timeout_s:
-                return time.monotonic() - start  # long requests: give up waiting, maint keeps them alive
-            time.sleep(0.1)
+            return st is None or st.current_sessions == 0
+
+        # Long requests: give up waiting at the timeout, maint keeps them alive.
+        poll_until(idle, timeout=timeout_s, interval=0.1, what=f"slot {slot} idle", raise_on_timeout=False)
+        return time.monotonic() - start
 
     def shift(self, to_slot: str, from_slot: str | None, at: Callable[[str], None] = lambda point: None,
               up_timeout_s: float = 10.0) -> float:
