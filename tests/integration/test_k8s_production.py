@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from orchestrator import k8s_rollout as kr
+from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.errors import OrchestratorError, SwitchFailed, UsageError
 from tests.integration.test_k8s_backend import (  # noqa: F401 - env is a fixture
     BROKEN, NAME, NEW, NS, OLD, PULL_SECRET, ROOT, THIRD, digest_of, env,

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import k8s_rollout as kr
+from orchestrator.backends.kubernetes import rollout as kr
+from orchestrator.backends.kubernetes.api import KubeApi, KubeConflict, KubeError
 from orchestrator.config import KubernetesTarget
 from orchestrator.context import Context
 from orchestrator.errors import OrchestratorError, SwitchFailed, UsageError
-from orchestrator.k8s_api import KubeApi, KubeConflict, KubeError
 from orchestrator.ledger import Switch
 from orchestrator.lock import target_lock
 from orchestrator.resolve import known_version, resolve

@@ -140,7 +140,7 @@ class KubeApi:
 
     def replicasets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         """The Deployment's ReplicaSets: selected by its selector and controlled by it (as kubectl)."""
-        from orchestrator.k8s_rollout import owned_by
+        from orchestrator.backends.kubernetes.rollout import owned_by
 
         selector = ",".join(f"{k}={v}" for k, v in
                             ((deployment["spec"].get("selector") or {}).get("matchLabels") or {}).items())
