@@ -43,3 +43,125 @@ def test_the_pause_hook_waits_the_pause_seconds_without_a_file(monkeypatch):
     start = time.monotonic()
     switchflow.pause_hook("ready")
     assert time.monotonic() - start >= 0.2
+
+
+# -- the shared flow (switchflow.run) ------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from orchestrator.errors import SwitchFailed, TamperError  # noqa: E402
+
+
+class Ledger:
+    """The few ledger calls the flow makes, recorded."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def enter_step(self, switch_id, name, **facts):
+        self.calls.append(("enter", name, facts))
+
+    def record_phase(self, switch_id, name, seconds):
+        pass
+
+    def mark_failed_digest(self, **kw):
+        self.calls.append(("mark", kw["digest"], kw["reason"]))
+
+    def finish_switch(self, switch_id, outcome, reason, db=None):
+        self.calls.append(("finish", outcome, reason))
+
+
+class Ctx:
+    def __init__(self):
+        self.ledger = Ledger()
+        self.notes: list[str] = []
+        import rich.console
+        self.stderr = rich.console.Console(file=open("/dev/null", "w"))
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+class Record:
+    id = 7
+
+
+class Demo(switchflow.Switch):
+    action, to_version, target = "switch", "v2", "local"
+    step_names = {"shift": "flip"}
+
+    def __init__(self, fail_at=None, error=RuntimeError, skip=()):
+        self.done: list[str] = []
+        self.fail_at, self.error, self.skip = fail_at, error, skip
+
+    def plan(self, role):
+        return None if role in self.skip else (role, {"role": role})
+
+    def __getattribute__(self, name):
+        if name in switchflow.ROLES:
+            def work():
+                self.done.append(name)
+                if name == self.fail_at:
+                    raise self.error(f"{name} broke (on purpose)\nsecond line")
+            return work
+        return object.__getattribute__(self, name)
+
+    def finish(self, steps):
+        return {"outcome": "succeeded", "done": list(self.done)}
+
+    def revert(self, error, at):
+        self.done.append(f"revert@{at}")
+        return switchflow.Reverted("reverted" if at in ("flip", "confirm", "watch") else "failed",
+                                   "flipping back failed" if at == "watch" else None)
+
+    def candidate(self):
+        return ("sha256:c", "v2") if "resolve" in self.done else None
+
+    def candidates_fault(self, error):
+        return isinstance(error, ValueError)
+
+
+def test_the_flow_runs_every_role_in_order_under_its_step_name_then_finishes():
+    ctx = Ctx()
+    res = switchflow.run(ctx, Record(), Demo(skip=("smoke",)))
+    assert res["done"] == ["resolve", "start", "ready", "shift", "confirm", "watch"]
+    entered = [c[1] for c in ctx.ledger.calls if c[0] == "enter"]
+    assert entered == ["resolve", "start", "ready", "flip", "confirm", "watch"]   # smoke skipped, shift is "flip"
+    assert ("enter", "flip", {"role": "shift"}) in ctx.ledger.calls
+    assert not [c for c in ctx.ledger.calls if c[0] == "finish"]   # finish() owns the success record
+
+
+def test_a_failing_role_stops_the_flow_reverts_and_raises_switch_failed():
+    ctx = Ctx()
+    sw = Demo(fail_at="confirm")
+    with pytest.raises(SwitchFailed) as e:
+        switchflow.run(ctx, Record(), sw)
+    assert sw.done == ["resolve", "start", "ready", "smoke", "shift", "confirm", "revert@confirm"]
+    assert str(e.value) == "switch to v2 reverted at confirm: confirm broke (on purpose)"
+    assert e.value.exit_code == SwitchFailed.exit_code
+    assert ctx.ledger.calls[-1] == ("finish", "reverted", "confirm: confirm broke (on purpose)")
+    assert not [c for c in ctx.ledger.calls if c[0] == "mark"]   # not the candidate's fault
+
+
+def test_the_candidates_own_failure_marks_its_digest_and_a_revert_problem_joins_the_reason():
+    ctx = Ctx()
+    with pytest.raises(SwitchFailed) as e:
+        switchflow.run(ctx, Record(), Demo(fail_at="watch", error=ValueError))
+    assert "watch broke (on purpose); flipping back failed" in str(e.value)
+    assert ("mark", "sha256:c", "watch: watch broke (on purpose); flipping back failed") in ctx.ledger.calls
+    assert ctx.ledger.calls[-1][:2] == ("finish", "reverted")
+
+
+def test_an_input_error_keeps_its_exit_code_and_marks_nothing():
+    ctx = Ctx()
+    with pytest.raises(SwitchFailed) as e:
+        switchflow.run(ctx, Record(), Demo(fail_at="resolve", error=TamperError))
+    assert e.value.exit_code == TamperError.exit_code
+    assert ctx.ledger.calls[-1] == ("finish", "failed", "resolve: resolve broke (on purpose)")
+    assert not [c for c in ctx.ledger.calls if c[0] == "mark"]
+
+
+def test_the_success_rate_counts_only_finished_switches():
+    assert switchflow.success_rate(["succeeded", "noop", "failed", "running", "reverted", "succeeded"]) == \
+        {"success_rate": 0.5, "counted": 4, "succeeded": 2}
+    assert switchflow.success_rate(["noop"])["success_rate"] is None
