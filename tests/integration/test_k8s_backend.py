@@ -23,7 +23,7 @@ import yaml
 
 from orchestrator.backends import get_backend
 from orchestrator.backends.kubernetes import RolloutBusy
-from orchestrator.backends.kubernetes.api import KubeForbidden, KubeNotFound, KubeUnreachable
+from orchestrator.backends.kubernetes.errors import KubeForbidden, KubeNotFound, KubeUnreachable
 from orchestrator.context import Context
 from orchestrator.errors import ConfigError, SwitchFailed, TamperError, UsageError
 from orchestrator.ledger import Ledger

@@ -29,22 +29,16 @@ from orchestrator import switchflow
 from orchestrator.backends.kubernetes import repair, views
 from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.backends.kubernetes.api import KubeApi
-from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision, RolloutBusy
+from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision
+from orchestrator.backends.kubernetes.errors import RolloutBusy, RolloutUnknown
 from orchestrator.backends.kubernetes.switch import KubeSwitch
 from orchestrator.config import KubernetesTarget
 from orchestrator.context import Context
-from orchestrator.errors import OrchestratorError, SwitchFailed, UsageError
+from orchestrator.errors import SwitchFailed, UsageError
 from orchestrator.ledger import Switch as SwitchRecord
 from orchestrator.lock import target_lock
 from orchestrator.resolve import known_version
 from orchestrator.variants import deployment_variant
-
-__all__ = ["KubernetesBackend", "RolloutBusy", "RolloutUnknown"]
-
-
-class RolloutUnknown(OrchestratorError):
-    """The API stopped answering during a rollout: its outcome is unknown and nothing was undone."""
-
 
 class KubernetesBackend:
     kind = "kubernetes"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.kubernetes import rollout as kr
-from orchestrator.backends.kubernetes.api import KubeApi, KubeConflict
+from orchestrator.backends.kubernetes.api import KubeApi
+from orchestrator.backends.kubernetes.errors import KubeConflict, RolloutBusy
 from orchestrator.config import KubernetesTarget
 from orchestrator.context import Context
 from orchestrator.errors import OrchestratorError, UsageError
@@ -24,12 +25,6 @@ STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 UNKNOWN = "unknown image"
 PATCH_ATTEMPTS = 3  # a 409 (someone wrote the Deployment between our read and our patch): read again
-
-
-class RolloutBusy(OrchestratorError):
-    """Another rollout of the Deployment has not finished."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

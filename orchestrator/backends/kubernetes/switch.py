@@ -22,7 +22,8 @@ from typing import Any
 
 from orchestrator import switchflow
 from orchestrator.backends.kubernetes import rollout as kr
-from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision, RolloutBusy, short
+from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision, short
+from orchestrator.backends.kubernetes.errors import RolloutBusy
 from orchestrator.backends.kubernetes.wait import RolloutFailed, Unobservable, wait_rollout
 from orchestrator.errors import OrchestratorError
 from orchestrator.ledger import Switch as SwitchRecord
@@ -47,7 +48,8 @@ class KubeSwitch(switchflow.Switch):
         self.digest, self.image = digest, image
         self.step_names = {"start": "undo" if rs is not None else "patch", "ready": "rollout"}
         self.steps = switchflow.Steps(self.ctx, record)  # the revert's own steps (undo, undo-wait)
-        self.patched: dict[str, Any] = {}
+        self.patched: dict[str, Any] = {}  # the Deployment as the patch left it (start)
+        self.final: dict[str, Any] = {}    # ... and as the finished rollout left it (ready)
         # What the backend raises in place of SwitchFailed (see the module doc).
         self.refusal: BaseException | None = None
         self.unknown: str | None = None  # why the rollout's outcome is unknown
