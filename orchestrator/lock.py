@@ -38,3 +38,20 @@ def target_lock(state_dir: Path, target: str, wait_s: float = 0.0) -> Iterator[N
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def is_held(state_dir: Path, target: str) -> bool:
+    """Does a live process hold `target`'s lock now? Reads only: no file is made or written."""
+    path = Path(state_dir) / "locks" / f"{target}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

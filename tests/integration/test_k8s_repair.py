@@ -45,7 +45,7 @@ def test_status_changes_nothing_and_repair_brings_ledger_and_pin_in_line(env):
 
     status = env.backend().status()
     assert status["live"]["version"] == OLD
-    assert [s["id"] for s in status["switch_running"]] == [killed]
+    assert [s["id"] for s in status["unfinished"]] == [killed] and status["switch_running"] == []
     assert any(f"the ledger last recorded {NEW} live" in d for d in status["drift"]), status["drift"]
     assert records(env) == before, "status wrote to the ledger or the pin"
     assert not [r for r in env.k8s.requests[requests:] if r["method"] != "GET"], "status wrote to the cluster"
@@ -59,7 +59,7 @@ def test_status_changes_nothing_and_repair_brings_ledger_and_pin_in_line(env):
     assert f"now records {OLD}" in repaired["repairs"][1]
     assert "kustomization.yaml" in repaired["repairs"][2]
     # The status shape, after the repairs: nothing left to repair.
-    assert repaired["live"]["version"] == OLD and repaired["drift"] == [] and repaired["switch_running"] == []
+    assert repaired["live"]["version"] == OLD and repaired["drift"] == [] and repaired["unfinished"] == []
     assert not [r for r in env.k8s.requests[requests:] if r["method"] != "GET"], "repair wrote to the cluster"
     ledger = env.ctx().ledger
     assert ledger.live("k8s").version == OLD and ledger.live("k8s").slot == "3"
@@ -74,9 +74,13 @@ def test_status_changes_nothing_and_repair_brings_ledger_and_pin_in_line(env):
     assert records(env) == again
 
 
-def test_repair_waits_for_the_lock_of_a_running_switch(env):
+def test_a_running_switch_is_shown_running_and_repair_leaves_it_alone(env):
     env.backend().switch(NEW)
+    running = killed_switch(env, OLD)  # its ledger record, while its process holds the lock
     with target_lock(env.tmp / "state", "k8s"):
+        status = env.backend().status()
+        assert [s["id"] for s in status["switch_running"]] == [running] and status["unfinished"] == []
         with pytest.raises(LockBusyError, match="locked by"):
             env.backend().repair()
-    assert env.backend().repair()["repairs"] == []
+    assert env.ctx().ledger.unfinished_switches("k8s")[0].id == running
+    assert [s["id"] for s in env.backend().repair()["interrupted"]] == [running]

@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision
 from orchestrator.ledger import Switch
+from orchestrator.lock import is_held
 from orchestrator.switchflow import COUNTED
 
 
@@ -61,10 +62,12 @@ def status(cluster: Cluster, kind: str) -> dict[str, Any]:
                      "health": f"{rst.get('readyReplicas', 0)}/{rs['spec'].get('replicas', 0)} ready",
                      "version": info.label, "image": info.image})
     previous = next((k for k in kept if k["revision"] < live.revision and not k["failed"]), None)
-    # Switches the ledger still shows running: one in progress, or one whose process died
-    # (`orchestrator repair` closes those; a switch closes them too).
-    running = [{"id": sw.id, "action": sw.action, "to_version": sw.to_version, "step": sw.step}
-               for sw in ctx.ledger.unfinished_switches(cluster.target)]
+    # Switches the ledger still shows running. Lock held: one is running now. Free: its process
+    # died, and `orchestrator repair` (or the next switch) closes it.
+    unfinished = [{"id": sw.id, "action": sw.action, "to_version": sw.to_version, "step": sw.step}
+                  for sw in ctx.ledger.unfinished_switches(cluster.target)]
+    held = is_held(ctx.config.state_path, cluster.target)
+    running, left = (unfinished, []) if held else ([], unfinished)
     return {
         "target": cluster.target, "kind": kind, "namespace": cluster.spec.namespace,
         "deployment": cluster.spec.deployment, "server": api.server,
@@ -79,7 +82,7 @@ def status(cluster: Cluster, kind: str) -> dict[str, Any]:
                      "available": s.get("availableReplicas", 0), "total": s.get("replicas", 0)},
         "rollout": state.message,
         "drift": drift(cluster, d, live),
-        "switch_running": running,
+        "interrupted": [], "unfinished": left, "switch_running": running,
     }
 
 
