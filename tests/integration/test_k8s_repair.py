@@ -47,6 +47,7 @@ def test_status_changes_nothing_and_repair_brings_ledger_and_pin_in_line(env):
     assert status["live"]["version"] == OLD
     assert [s["id"] for s in status["unfinished"]] == [killed] and status["switch_running"] == []
     assert any(f"the ledger last recorded {NEW} live" in d for d in status["drift"]), status["drift"]
+    assert any("kustomization.yaml pins another template" in d for d in status["drift"]), status["drift"]
     assert records(env) == before, "status wrote to the ledger or the pin"
     assert not [r for r in env.k8s.requests[requests:] if r["method"] != "GET"], "status wrote to the cluster"
     assert pinned_image(env) == env.image(NEW)  # stale: re-applying it would undo the hand-made undo

@@ -30,6 +30,11 @@ def drift(cluster: Cluster, d: dict[str, Any], live: Revision) -> list[str]:
         out.append(f"the ledger last recorded {recorded.version} live (revision {recorded.slot}); the cluster "
                    f"runs {live.label} (revision {live.revision}): changed outside the orchestrator "
                    f"(e.g. `kubectl rollout undo`)")
+    pin = cluster.pin_path
+    if pin.is_file() and cluster.ctx.config.path(cluster.spec.overlay).is_dir() and \
+            pin.read_text() != cluster.pin_text(d):
+        out.append(f"{pin} pins another template than is live (re-applying it would change the Deployment); "
+                   f"`orchestrator repair` writes it again")
     state = kr.rollout_status(d)
     if not state.done:
         out.append(state.failed or state.message)
