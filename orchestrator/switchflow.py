@@ -115,11 +115,14 @@ ROLES = ("resolve", "start", "ready", "smoke", "shift", "confirm", "watch")
 
 @dataclass(frozen=True)
 class Reverted:
-    """What a backend's revert did: `outcome` 'failed' (traffic never moved) or 'reverted' (moved back);
-    `problem` names what went wrong while undoing (it is appended to the reason)."""
+    """What a backend's revert did: `outcome` 'failed' (traffic never moved) or 'reverted' (moved back),
+    or another outcome the ledger knows ('unknown': the backend cannot tell). `problem` names what
+    went wrong while undoing (it is appended to the reason). `error`, when given, is raised instead
+    of SwitchFailed (a backend error with its own exit code, e.g. an outcome that cannot be known)."""
 
     outcome: str = "failed"
     problem: str | None = None
+    error: Exception | None = None
 
 
 class Switch:
@@ -166,7 +169,12 @@ class Switch:
         return False
 
     def failure_text(self, outcome: str, at: str, reason: str) -> str:
+        """The SwitchFailed message."""
         return f"{self.action} to {self.to_version} {outcome} at {at}: {reason}"
+
+    def record_reason(self, at: str, reason: str) -> str:
+        """The reason the ledger keeps for the failed switch (and its failed digest)."""
+        return f"{at}: {reason}"
 
 
 def begin(ctx: Context, *, target: str, action: str, to_version: str, from_version: str | None,
@@ -204,11 +212,13 @@ def fail(ctx: Context, record: SwitchRecord, switch: Switch, error: Exception, a
     undo = switch.revert(error, at)
     if undo.problem:
         reason += f"; {undo.problem}"
+    recorded = switch.record_reason(at, reason)
     cand = switch.candidate()
     if cand is not None and switch.candidates_fault(error):
-        ctx.ledger.mark_failed_digest(digest=cand[0], version=cand[1], target=switch.target,
-                                      reason=f"{at}: {reason}")
-    ctx.ledger.finish_switch(record.id, undo.outcome, f"{at}: {reason}")
+        ctx.ledger.mark_failed_digest(digest=cand[0], version=cand[1], target=switch.target, reason=recorded)
+    ctx.ledger.finish_switch(record.id, undo.outcome, recorded)
+    if undo.error is not None:
+        raise undo.error from None
     err = SwitchFailed(switch.failure_text(undo.outcome, at, reason))
     if isinstance(error, (UsageError, TamperError)):
         err.exit_code = error.exit_code  # bad input or tampering keeps its own exit code

@@ -165,3 +165,17 @@ def test_the_success_rate_counts_only_finished_switches():
     assert switchflow.success_rate(["succeeded", "noop", "failed", "running", "reverted", "succeeded"]) == \
         {"success_rate": 0.5, "counted": 4, "succeeded": 2}
     assert switchflow.success_rate(["noop"])["success_rate"] is None
+
+
+def test_a_revert_may_raise_its_own_error_and_record_its_own_outcome_and_reason():
+    class Unknowable(Demo):
+        def revert(self, error, at):
+            return switchflow.Reverted("unknown", error=TamperError("outcome unknown (on purpose)"))
+
+        def record_reason(self, at, reason):
+            return reason
+
+    ctx = Ctx()
+    with pytest.raises(TamperError, match="outcome unknown"):
+        switchflow.run(ctx, Record(), Unknowable(fail_at="ready"))
+    assert ctx.ledger.calls[-1] == ("finish", "unknown", "ready broke (on purpose)")
