@@ -30,11 +30,11 @@ from orchestrator.backends.kubernetes import repair, views
 from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.backends.kubernetes.api import KubeApi
 from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision
-from orchestrator.backends.kubernetes.errors import RolloutBusy, RolloutUnknown
+from orchestrator.backends.kubernetes.errors import RolloutBusy
 from orchestrator.backends.kubernetes.switch import KubeSwitch
 from orchestrator.config import KubernetesTarget
 from orchestrator.context import Context
-from orchestrator.errors import SwitchFailed, UsageError
+from orchestrator.errors import UsageError
 from orchestrator.ledger import Switch as SwitchRecord
 from orchestrator.lock import target_lock
 from orchestrator.resolve import known_version
@@ -96,8 +96,9 @@ class KubernetesBackend:
             cluster.mark_failed(kr.new_replicaset(d, self.api.replicasets(d)), state.failed)
         record = self._begin("switch", version, live, push.digest if push else None, command)
         # back_ok: the live revision was fully available, so it is the way back if this fails.
-        return self._run(KubeSwitch(cluster, record, d, live=live, back_ok=state.done, version=version,
-                                    command=command, variant=variant))
+        sw = KubeSwitch(cluster, record, d, live=live, back_ok=state.done, version=version, command=command,
+                        variant=variant)
+        return switchflow.run(self.ctx, record, sw)
 
     def rollback(self, to_version: str | None = None, *, keep_previous: bool = False,
                  wait_lock_s: float = 0.0) -> dict[str, Any]:
@@ -124,9 +125,9 @@ class KubernetesBackend:
                       f"current template); nothing to do")
             return self._noop("rollback", goal.label, live, goal.digest, command, reason, to_version=goal.version)
         record = self._begin("rollback", goal.label, live, goal.digest, command, to_revision=goal.revision)
-        return self._run(KubeSwitch(cluster, record, d, live=live, back_ok=kr.rollout_status(d).done,
-                                    version=goal.version, command=command, rs=rs, digest=goal.digest,
-                                    image=goal.image))
+        sw = KubeSwitch(cluster, record, d, live=live, back_ok=kr.rollout_status(d).done, version=goal.version,
+                        command=command, rs=rs, digest=goal.digest, image=goal.image)
+        return switchflow.run(self.ctx, record, sw)
 
     def _rollback_target(self, d: dict[str, Any], rss: list[dict[str, Any]], to_version: str | None) -> dict[str, Any]:
         """The ReplicaSet a rollback brings back: the newest earlier one not marked failed, or the
@@ -168,18 +169,6 @@ class KubernetesBackend:
         return switchflow.result(outcome="noop", target=self.target, from_version=live.version, to_version=to_version,
                                  digest=live.digest if action == "switch" else digest, slot=str(live.revision),
                                  reason=reason, revision=live.revision)
-
-    def _run(self, sw: KubeSwitch) -> dict[str, Any]:
-        """switchflow.run, keeping the outcomes that are Kubernetes' own (switch.py's module doc)."""
-        try:
-            return switchflow.run(self.ctx, sw.record, sw)
-        except SwitchFailed:
-            if sw.refusal is not None:
-                raise sw.refusal from None  # nothing changed: the refusal's own line and exit code
-            if sw.unknown:
-                raise RolloutUnknown(f"{sw.action} to {sw.to_version} on {self.target}: outcome unknown: "
-                                     f"{sw.unknown}") from None
-            raise
 
     # ---- status, repair, history -------------------------------------------------------------
     def status(self) -> dict[str, Any]:

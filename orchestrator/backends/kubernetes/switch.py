@@ -10,10 +10,10 @@
              revision that was live (or the newest not marked failed), wait for it
 
 The flow (orchestrator/switchflow.py) records each step, marks the candidate's digest failed and
-closes the record. Three outcomes are Kubernetes' own and the backend keeps them as they were
-(`KubernetesBackend._run`): a refusal before the patch changed nothing and is raised as itself
-(its own exit code); an API that stopped answering during the rollout is `unknown` (nothing
-undone, RolloutUnknown); an interrupt during the wait is recorded `interrupted` at once.
+closes the record. Three outcomes are Kubernetes' own: a refusal before the patch changed nothing
+and is raised as itself (its own exit code); an API that stopped answering during the rollout is
+`unknown` (nothing undone, RolloutUnknown); an interrupt during the wait is recorded
+`interrupted` at once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from orchestrator import switchflow
 from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.backends.kubernetes.cluster import UNKNOWN, Cluster, Revision, short
-from orchestrator.backends.kubernetes.errors import RolloutBusy
+from orchestrator.backends.kubernetes.errors import RolloutBusy, RolloutUnknown
 from orchestrator.backends.kubernetes.wait import RolloutFailed, Unobservable, wait_rollout
 from orchestrator.errors import OrchestratorError
 from orchestrator.ledger import Switch as SwitchRecord
@@ -50,9 +50,6 @@ class KubeSwitch(switchflow.Switch):
         self.steps = switchflow.Steps(self.ctx, record)  # the revert's own steps (undo, undo-wait)
         self.patched: dict[str, Any] = {}  # the Deployment as the patch left it (start)
         self.final: dict[str, Any] = {}    # ... and as the finished rollout left it (ready)
-        # What the backend raises in place of SwitchFailed (see the module doc).
-        self.refusal: BaseException | None = None
-        self.unknown: str | None = None  # why the rollout's outcome is unknown
         # Filled by a revert, for the failure's message.
         self.undo_failed = False
         self.goal: Revision | None = None
@@ -117,12 +114,13 @@ class KubeSwitch(switchflow.Switch):
     # ---- failure -----------------------------------------------------------------------------
     def revert(self, error: Exception, at: str) -> switchflow.Reverted:
         if isinstance(error, Unobservable):
-            self.unknown = switchflow.reason_of(error)
-            return switchflow.Reverted(outcome="unknown")
+            why = switchflow.reason_of(error)
+            return switchflow.Reverted(outcome="unknown", error=RolloutUnknown(
+                f"{self.action} to {self.to_version} on {self.target}: outcome unknown: {why}"))
         if not isinstance(error, RolloutFailed):
-            # Refused or failed before or at the patch: nothing changed in the cluster.
-            self.refusal = error
-            return switchflow.Reverted(outcome="failed")
+            # Refused or failed before or at the patch: nothing changed in the cluster. The refusal
+            # is raised as itself, with its own line and exit code.
+            return switchflow.Reverted(outcome="failed", error=error)
         try:
             self.undo(switchflow.reason_of(error))
         except (RolloutFailed, OrchestratorError, kr.NoRevision, Unobservable) as e:
@@ -170,6 +168,9 @@ class KubeSwitch(switchflow.Switch):
 
     def candidates_fault(self, error: Exception) -> bool:
         return isinstance(error, RolloutFailed) and not self.undo_failed
+
+    def record_reason(self, at: str, reason: str) -> str:
+        return reason  # the step is in the record already (its `step`, its phases)
 
     def failure_text(self, outcome: str, at: str, reason: str) -> str:
         head = f"{self.action} to {self.to_version} on {self.target} failed: {reason}"
