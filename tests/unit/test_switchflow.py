@@ -47,9 +47,9 @@ def test_the_pause_hook_waits_the_pause_seconds_without_a_file(monkeypatch):
 
 # -- the shared flow (switchflow.run) ------------------------------------------------------------
 
-import pytest  # noqa: E402
+import pytest
 
-from orchestrator.errors import SwitchFailed, TamperError  # noqa: E402
+from orchestrator.errors import SwitchFailed, TamperError
 
 
 class Ledger:
