@@ -53,6 +53,11 @@ class KubernetesBackend:
     def api(self) -> KubeApi:
         return self.cluster.api
 
+    def image_for(self, repository: str, digest: str) -> str:
+        """The image the nodes pull for a push (a loopback repository refused): what the switch
+        patches in, and what `switch --dry-run` shows."""
+        return self.cluster.image_for(repository, digest)
+
     # ---- verbs -------------------------------------------------------------------------------
     def up(self, version: str | None) -> dict[str, Any]:
         """The Deployment is created by `kubectl apply -k k8s/overlays/...`; `up` pins it to a
