@@ -7,7 +7,7 @@ import json
 import click
 import yaml
 
-from orchestrator.k8s_api import VERBS, role
+from orchestrator.backends.kubernetes.api import VERBS, role
 
 
 HELP = """Print the ServiceAccount, Role and RoleBinding that let the orchestrator switch, roll back

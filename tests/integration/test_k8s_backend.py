@@ -22,10 +22,10 @@ import requests
 import yaml
 
 from orchestrator.backends import get_backend
+from orchestrator.backends.kubernetes import RolloutBusy
+from orchestrator.backends.kubernetes.errors import KubeForbidden, KubeNotFound, KubeUnreachable
 from orchestrator.context import Context
 from orchestrator.errors import ConfigError, SwitchFailed, TamperError, UsageError
-from orchestrator.k8s_api import KubeForbidden, KubeNotFound, KubeUnreachable
-from orchestrator.backends.kubernetes import RolloutBusy
 from orchestrator.ledger import Ledger
 from tests.k8s_double import KubeDouble
 from tests.k8s_double.registry import RegistryDouble

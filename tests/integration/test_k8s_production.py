@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from orchestrator import k8s_rollout as kr
+from orchestrator.backends.kubernetes import rollout as kr
 from orchestrator.errors import OrchestratorError, SwitchFailed, UsageError
 from tests.integration.test_k8s_backend import (  # noqa: F401 - env is a fixture
     BROKEN, NAME, NEW, NS, OLD, PULL_SECRET, ROOT, THIRD, digest_of, env,
@@ -260,7 +260,7 @@ def role_rules() -> dict[str, set[str]]:
     return {res: set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
 
 
-def test_the_role_grants_exactly_what_switch_rollback_status_and_history_use(env):
+def test_the_role_grants_exactly_what_switch_rollback_status_repair_and_history_use(env):
     rules = role_rules()
     env.k8s.grant(rules)
     env.backend().switch(NEW)
@@ -268,6 +268,7 @@ def test_the_role_grants_exactly_what_switch_rollback_status_and_history_use(env
         env.backend().switch(BROKEN)
     env.backend().rollback()
     env.backend().status()
+    env.backend().repair()
     env.backend().history()
     used: dict[str, set[str]] = {}
     from tests.k8s_double.server import verb_of

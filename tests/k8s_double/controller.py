@@ -29,6 +29,10 @@ What a real cluster adds around a rollout, as far as the backend must cope with 
   see the ReplicaSet's new number while the Deployment still carries the old one.
 Not modelled: Recreate strategy, collisionCount, resources other than GPUs, graceful termination
 (pods vanish at once), probes themselves, pod eviction.
+
+Longer than 400 lines on purpose: the controllers share one loop and one lock over the store, and
+the deployment controller is kept in one piece, in the order of the Go files above, so that it can
+be read side by side with them.
 """
 
 from __future__ import annotations

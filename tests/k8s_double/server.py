@@ -6,6 +6,9 @@ ask: legacy discovery (kubectl falls back to it when the aggregated form is not 
 metav1.Status errors with the real reasons (NotFound, Forbidden, Conflict, Invalid, Expired),
 watch streams (one JSON event per line, chunked) resumable from a resourceVersion. Tests may make
 it answer 5xx or 409 for chosen verbs (`fail`), and serve only what a Role grants (`grant`).
+
+Longer than 400 lines on purpose: the request handler and `KubeDouble`, the object tests drive,
+stay together because the handler consults its fault, RBAC and validation rules on every request.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""orchestrator.k8s_rollout: kubectl's rollout verdicts and undo patch, on plain API objects."""
+"""orchestrator.backends.kubernetes.rollout: kubectl's rollout verdicts and undo patch, on plain API objects."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator import k8s_rollout as kr
+from orchestrator.backends.kubernetes import rollout as kr
 
 
 def deployment(*, generation=2, observed=2, replicas=2, updated=2, total=2, available=2, progressing=None,

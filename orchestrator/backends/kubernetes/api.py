@@ -19,14 +19,16 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.backends.kubernetes.errors import (KubeConflict, KubeError, KubeForbidden, KubeNotFound,
+                                                    KubeUnreachable)
+from orchestrator.errors import ConfigError
 
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)  # between attempts of one call on a transient answer
 T = TypeVar("T")
 
 # Every (resource, verb) the orchestrator uses in a target's namespace. `orchestrator k8s-role`
-# prints the Role granting exactly these; a test checks that switch, rollback, status and history
+# prints the Role granting exactly these; a test checks that switch, rollback, status, repair and history
 # use no other and that each is used.
 VERBS: dict[str, tuple[str, ...]] = {
     "deployments": ("get", "patch", "watch"),
@@ -34,35 +36,6 @@ VERBS: dict[str, tuple[str, ...]] = {
     "pods": ("list",),
 }
 GROUPS = {"deployments": "apps", "replicasets": "apps", "pods": ""}
-
-
-class KubeError(OrchestratorError):
-    """The Kubernetes API answered with an error or could not be reached."""
-
-    status: int | None = None
-
-    @property
-    def transient(self) -> bool:
-        """Worth another try: the server was overloaded or restarting, or not reachable."""
-        return self.status is not None and (self.status >= 500 or self.status == 429)
-
-
-class KubeUnreachable(KubeError):
-    @property
-    def transient(self) -> bool:
-        return True
-
-
-class KubeForbidden(KubeError):
-    """RBAC (or authentication) refused a call."""
-
-
-class KubeNotFound(ConfigError):
-    """The configured deployment (or namespace) does not exist."""
-
-
-class KubeConflict(KubeError):
-    """The Deployment changed between our read and our write."""
 
 
 def _status_message(e: ApiException) -> str:
@@ -140,7 +113,7 @@ class KubeApi:
 
     def replicasets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         """The Deployment's ReplicaSets: selected by its selector and controlled by it (as kubectl)."""
-        from orchestrator.k8s_rollout import owned_by
+        from orchestrator.backends.kubernetes.rollout import owned_by
 
         selector = ",".join(f"{k}={v}" for k, v in
                             ((deployment["spec"].get("selector") or {}).get("matchLabels") or {}).items())
