@@ -8,6 +8,7 @@ its code, as serving/errors.py's HTTP errors share a status):
     ├── UsageError           2  bad input: unknown version, malformed name, bad flag value
     │   └── ForeignArchiveError  the file is not a backup archive
     ├── ConfigError          2  orchestrator.yaml or an AADS_* variable is wrong
+    │   └── KubeNotFound         the target's Deployment or namespace does not exist
     ├── BusyError            3  another switch or rollout holds the target
     │   ├── LockBusyError        the target's lock (another orchestrator)
     │   └── RolloutBusy          a Kubernetes rollout in progress, paused, or changed under us
@@ -79,6 +80,26 @@ class KubeError(OrchestratorError):
     def transient(self) -> bool:
         """Worth another try: the server was overloaded or restarting, or not reachable."""
         return self.status is not None and (self.status >= 500 or self.status == 429)
+
+
+class KubeUnreachable(KubeError):
+    """The API server did not answer (worth another try)."""
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+class KubeForbidden(KubeError):
+    """RBAC (or authentication) refused a call."""
+
+
+class KubeConflict(KubeError):
+    """The Deployment changed between our read and our write."""
+
+
+class KubeNotFound(ConfigError):
+    """The configured deployment (or namespace) does not exist."""
 
 
 class RegistryError(OrchestratorError):

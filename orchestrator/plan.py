@@ -44,8 +44,8 @@ def _lock_note(ctx: Context, target: str) -> list[str]:
     holder = lock_holder(ctx.config.state_path, target)
     if holder is None:
         return []
-    return [f"the target's lock is held by {holder} now: the switch would refuse (exit 3) unless --lock-timeout "
-            f"lets it wait"]
+    note = f"the target's lock is held by {holder} now: the switch would refuse (exit 3) unless --lock-timeout lets it wait"
+    return [note]
 
 
 def compose_plan(ctx: Context, target: str, spec: ComposeTarget, version: str, *, variant: str, why: str,

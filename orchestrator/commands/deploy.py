@@ -193,8 +193,8 @@ def register(cli: click.Group) -> None:
 
         Read-only, like `kubectl rollout status` or `helm status`. Drift is any difference between
         the host and the ledger (a slot running an image the ledger does not know, an edge sending
-        traffic elsewhere): the next switch, or `orchestrator repair`, repairs it. A switch left
-        half-done by a killed orchestrator is reported; `orchestrator repair` finishes it.
+        traffic elsewhere): the next switch repairs it. A switch left half-done by a killed
+        orchestrator is reported; `orchestrator repair` repairs it.
         """
         backend, kind = _backend(obj, target)
         st = Status.from_backend(backend.status(), kind)
@@ -208,12 +208,12 @@ def register(cli: click.Group) -> None:
     @json_option
     @click.pass_obj
     def repair_cmd(obj: Context, target: str | None, as_json: bool) -> None:
-        """Repair what a killed switch or a hand edit left behind, then show the status.
+        """Repair a switch a killed orchestrator left half-done, then show the status.
 
         \b
-        Compose: a switch left half-done (kill -9, crash) is finished: back to the live version,
-        or forward if it had passed the watch; the edge and haproxy.cfg are put back in line
-        with the ledger. Refused (exit 3) while another switch holds the target's lock.
+        Compose: a switch left half-done (kill -9, crash) is undone (the edge back on the live
+        slot, the candidate stopped) or, if it had passed the watch, finished forward. Drift
+        (a hand edit) is repaired by the next switch, rollback or up, as before.
         Kubernetes: an interrupted switch's record is closed; the cluster itself finished or
         timed out the rollout, and the status reads it from there.
         Prints the status (as `orchestrator status`) plus the repairs made ("repairs": [] when
