@@ -4,7 +4,7 @@ The switch sleeps right after entering the step named by AADS_PAUSE_AT_STEP (a t
 orchestrator/switchflow.py); the test waits until the ledger shows that step, then kills the
 process with SIGKILL. Inside the flip step it pauses between the edge's runtime API commands
 (`flip:enabled`, `flip:drained`) and writes AADS_PAUSE_REACHED_FILE when it is there. Throughout, a load generator sends requests through the edge from both kinds
-of client: none may fail. The next command (`status`) must report the half-done switch and repair
+of client: none may fail. The next `repair` (`status` only reads) must report the half-done switch and repair
 it: back to the version the ledger says is live while the switch had not passed its watch window,
 forward to the candidate from `drain` on (flip, confirm and watch had all passed). Either way the
 switch is marked 'interrupted', the edge serves what the ledger says, and nothing drifts.
@@ -73,7 +73,7 @@ def test_kill_9_at_each_step_keeps_serving_and_the_next_command_repairs(stack, s
         sw = stack.wait_for_step(proc, step, timeout=400)
         kill9(proc)
         assert stack.running_switch().id == sw.id  # the ledger still shows it running: half done
-        r = stack.run("status", "--json")
+        r = stack.run("repair", "--json")  # status only reads
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"was interrupted at step {step}" in r.stderr
     status = json.loads(r.stdout)
@@ -113,7 +113,7 @@ def test_kill_9_inside_the_flip_keeps_serving_and_the_next_command_flips_back(st
         assert sw is not None and sw.step == "flip"
         wait_edge_answers(stack, candidate, timeout=60)  # the edge really sends requests to the candidate now
         kill9(proc)
-        r = stack.run("status", "--json")
+        r = stack.run("repair", "--json")  # status only reads
     assert r.returncode == 0, r.stderr[-3000:]
     assert "was interrupted at step flip" in r.stderr
     assert [(i["id"], i["step"]) for i in json.loads(r.stdout)["interrupted"]] == [(sw.id, "flip")]
@@ -138,7 +138,7 @@ def test_a_second_switch_is_refused_while_one_runs_and_kill_9_frees_the_lock(sta
         second = stack.run("switch", candidate)
         status_while = stack.json("status")
         kill9(first)
-        after = stack.run("status", "--json")
+        after = stack.run("repair", "--json")  # status only reads
     assert second.returncode == 3
     line = one_line_error(second.stderr)
     assert f"pid {first.pid}" in line and "another switch is running" in line and "--lock-timeout" in line
