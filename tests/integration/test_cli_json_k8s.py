@@ -8,7 +8,14 @@ import json
 
 from orchestrator.ledger import Ledger
 from orchestrator.results import History, Status, SwitchResult
-from tests.integration.test_k8s_backend import CLUSTER_REPO, NEW, OLD, digest_of, env, orchestrator  # noqa: F401
+from tests.integration.test_k8s_backend import (  # noqa: F401
+    CLUSTER_REPO,
+    NEW,
+    OLD,
+    digest_of,
+    env,
+    orchestrator,
+)
 from tests.unit.test_cli_results import assert_contract
 
 

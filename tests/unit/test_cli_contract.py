@@ -15,9 +15,13 @@ import yaml
 
 import orchestrator
 from orchestrator import compose_cli, errors
-from orchestrator.cli import main
 from orchestrator.commands import deploy
-from orchestrator.errors import EXIT_CODES, NoSpaceError, OrchestratorError, VerifyFailed
+from orchestrator.errors import (
+    EXIT_CODES,
+    NoSpaceError,
+    OrchestratorError,
+    VerifyFailed,
+)
 from orchestrator.ledger import Ledger
 from tests.unit.test_versions_cli import assert_one_error, project, run  # noqa: F401  (project: a fixture)
 
@@ -126,7 +130,7 @@ def test_no_decision_reads_an_errors_message_text():
     (["nope"], "No such command 'nope'"),
 ])
 def test_usage_errors_are_one_error_line_exit_2(project, capsys, args, needle):
-    code, out, err = run(capsys, *args)
+    code, _, err = run(capsys, *args)
     assert code == 2
     line = assert_one_error(code, err, needle)
     assert "Usage:" not in err and "Try " not in err and "--help" in line
@@ -191,8 +195,8 @@ def test_lock_timeout_reaches_the_backend_and_wait_is_a_warned_alias(fake, capsy
 
 
 def test_the_shared_options_have_one_help_text_each(capsys):
-    from orchestrator.options import JSON_HELP, TARGET_HELP
     from orchestrator.cli import cli
+    from orchestrator.options import JSON_HELP, TARGET_HELP
 
     for name, command in cli.commands.items():
         for sub in getattr(command, "commands", {name: command}).values():

@@ -17,7 +17,13 @@ import pytest
 from orchestrator import compose_cli, results
 from orchestrator.cli import main
 from orchestrator.commands import deploy
-from orchestrator.results import SCHEMA_VERSION, History, Status, SwitchPlan, SwitchResult
+from orchestrator.results import (
+    SCHEMA_VERSION,
+    History,
+    Status,
+    SwitchPlan,
+    SwitchResult,
+)
 from tests.unit.test_compose_switch_flow import NEW, OLD, digest, project  # noqa: F401  (project: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +106,7 @@ class StatusReadable:
     @staticmethod
     def patch(backend, monkeypatch):
         monkeypatch.setattr(compose_cli, "detect", lambda forced=None: compose_cli.V2)
-        monkeypatch.setattr(backend, "containers", lambda: {})
+        monkeypatch.setattr(backend, "containers", dict)
         monkeypatch.setattr(backend, "edge_health", lambda: "ready")
         monkeypatch.setattr(backend, "gpu_enabled", lambda: False)
 
