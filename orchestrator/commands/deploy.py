@@ -12,9 +12,9 @@ import subprocess
 from typing import Any
 
 import click
-from rich.table import Table
 
 from orchestrator.backends import get_backend
+from orchestrator.commands import render
 from orchestrator.context import Context
 from orchestrator.errors import EngineError, UsageError
 from orchestrator.options import json_option, lock_timeout_option, target_option
@@ -25,70 +25,6 @@ def _backend(ctx: Context, target: str | None) -> tuple[Any, str]:
     """The target's backend and its kind (compose | kubernetes)."""
     _, spec = ctx.config.target(target)
     return get_backend(ctx, target), spec.kind
-
-
-def _fmt_phases(phases: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.1f}s" for k, v in phases.items()) or "-"
-
-
-def _where(d: dict[str, Any]) -> str:
-    """compose: `slot blue`; kubernetes: `revision 3`."""
-    if d.get("revision") is not None:
-        return f"revision {d['revision']}"
-    return f"slot {d.get('slot') or '-'}"
-
-
-def _print_result(ctx: Context, result: SwitchResult, as_json: bool) -> None:
-    res = result.to_dict()
-    if as_json:
-        ctx.emit_json(res)
-        return
-    colour = {"succeeded": "green", "noop": "cyan"}.get(res["outcome"], "red")
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("outcome", f"[{colour}]{res['outcome']}[/{colour}]")
-    t.add_row("target", res["target"])
-    t.add_row("from → to", f"{res.get('from_version') or '-'} → {res.get('to_version') or '-'}")
-    t.add_row("digest", res.get("digest") or "-")
-    if res.get("revision") is not None:
-        t.add_row("revision", str(res["revision"]))
-    else:
-        t.add_row("slot", str(res.get("slot") or "-"))
-    if res.get("reason"):
-        t.add_row("reason", res["reason"])
-    if res.get("phases"):
-        total = sum(res["phases"].values())
-        t.add_row("phases", f"{_fmt_phases(res['phases'])}  (total {total:.1f}s)")
-    for it in res.get("interrupted") or []:
-        t.add_row("repaired", f"switch #{it['id']} ({it['action']} → {it['to_version']}, step {it['step']}): "
-                              f"{it['repair']}")
-    for r in res.get("repaired") or []:
-        t.add_row("drift", f"repaired: {r}")
-    ctx.stdout.print(t)
-
-
-def _print_plan(ctx: Context, plan: SwitchPlan, as_json: bool) -> None:
-    if as_json:
-        ctx.emit_json(plan.to_dict())
-        return
-    p = plan.to_dict()
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("dry run", "nothing was started, locked or recorded")
-    t.add_row("target", f"{p['target']} ({p['kind']})")
-    t.add_row("from → to", f"{p['from_version'] or '-'} → {p['to_version']} ({p['variant'] or 'variant unknown'})")
-    t.add_row("image", p["image"] or "-")
-    if p["kind"] == "compose":
-        t.add_row("slot", f"start {p['slot']}, then retire {p['from_slot'] or '-'}" if not p["noop"] else p["slot"] or "-")
-    else:
-        t.add_row("revision", f"live {p['revision'] or '-'}; the patch makes a new one" if not p["noop"]
-                  else str(p["revision"] or "-"))
-    t.add_row("steps", " → ".join(p["steps"]) or "none (no-op)")
-    for n in p["notes"]:
-        t.add_row("note", n)
-    ctx.stdout.print(t)
 
 
 def _repairs_of(st: dict[str, Any]) -> list[str]:
@@ -113,7 +49,7 @@ def register(cli: click.Group) -> None:
         with another VERSION than the live one it switches to it.
         """
         backend, kind = _backend(obj, target)
-        _print_result(obj, SwitchResult.from_backend(backend.up(version), kind), as_json)
+        render.print_result(obj, SwitchResult.from_backend(backend.up(version), kind), as_json)
 
     @cli.command("switch")
     @click.argument("version")
@@ -154,10 +90,10 @@ def register(cli: click.Group) -> None:
         """
         backend, kind = _backend(obj, target)
         if dry_run:
-            _print_plan(obj, _plan(obj, backend, kind, target, version, keep_previous), as_json)
+            render.print_plan(obj, _plan(obj, backend, kind, target, version, keep_previous), as_json)
             return
         res = backend.switch(version, keep_previous=keep_previous, wait_lock_s=lock_timeout_s)
-        _print_result(obj, SwitchResult.from_backend(res, kind), as_json)
+        render.print_result(obj, SwitchResult.from_backend(res, kind), as_json)
 
     @cli.command("rollback")
     @click.option("--to-version", metavar="VERSION", help="Go to this version instead of the previous live one.")
@@ -182,7 +118,7 @@ def register(cli: click.Group) -> None:
             raise UsageError(f"--keep-previous applies to compose targets only, not {kind}")
         extra = {"keep_previous": True} if keep_previous else {}
         res = backend.rollback(to_version, wait_lock_s=lock_timeout_s, **extra)
-        _print_result(obj, SwitchResult.from_backend(res, kind), as_json)
+        render.print_result(obj, SwitchResult.from_backend(res, kind), as_json)
 
     @cli.command("status")
     @target_option
@@ -201,7 +137,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             obj.emit_json(st.to_dict())
             return
-        _print_status(obj, st.to_dict())
+        render.print_status(obj, st.to_dict())
 
     @cli.command("repair")
     @target_option
@@ -228,7 +164,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             obj.emit_json(st.to_dict())
             return
-        _print_status(obj, st.to_dict())
+        render.print_status(obj, st.to_dict())
         if st.repairs:
             for r in st.repairs:
                 obj.stdout.print(f"[yellow]repaired[/yellow] {r}")
@@ -251,7 +187,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             obj.emit_json(h)
             return
-        _print_history(obj, h)
+        render.print_history(obj, h)
 
     @cli.command("logs")
     @click.argument("which", metavar="[SLOT|VERSION]", required=False)
@@ -297,90 +233,3 @@ def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: st
                                     image_for=backend.image_for)
     variant, why = backend.variant_choice()
     return plan.compose_plan(ctx, name, spec, version, variant=variant, why=why, keep_previous=keep_previous)
-
-
-def _print_status(ctx: Context, st: dict[str, Any]) -> None:
-    out = ctx.stdout
-    live = st.get("live")
-    title = f"target {st['target']} ({st['kind']}"
-    title += f", {st['compose']}" if st.get("compose") else ""
-    title += f", edge {st['edge']})" if st.get("edge") else ")"
-    out.print(f"[bold]{title}[/bold]")
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    if live:
-        health = live.get("health") or "-"
-        colour = "green" if health == "ready" else "red"
-        t.add_row("live", f"{live['version']}  ({live.get('variant') or 'variant unknown'}, {_where(live)})")
-        t.add_row("digest", live.get("digest") or "-")
-        t.add_row("image", live.get("image") or "-")
-        t.add_row("since", live.get("since") or "-")
-        t.add_row("health", f"[{colour}]{health}[/{colour}]")
-    else:
-        t.add_row("live", "nothing is live (run `orchestrator up VERSION`)")
-    prev = st.get("previous")
-    if prev:
-        warm = " (warm)" if prev.get("warm") else ""
-        variant = f"{prev['variant']}, " if prev.get("variant") else ""
-        t.add_row("previous", f"{prev['version']}  ({variant}{_where(prev)}){warm}")
-    out.print(t)
-    slots = st.get("slots") or []
-    if slots:
-        s = Table(title="slots", title_justify="left")
-        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "restarts", "oom_killed",
-                            "port", "image")
-                if any(k in x for x in slots)]
-        for k in keys:
-            s.add_column(k)
-        for x in slots:
-            s.add_row(*[(_short_image(x[k]) if k == "image" else str(x[k])) if x.get(k) is not None else "-"
-                        for k in keys])
-        out.print(s)
-    drift = st.get("drift") or []
-    if drift:
-        out.print("[bold yellow]drift[/bold yellow] (the next switch repairs it):")
-        for d in drift:
-            out.print(f"  - {d}")
-    else:
-        out.print("drift: none")
-    for it in st.get("interrupted") or []:
-        out.print(f"[yellow]repaired interrupted switch #{it['id']}[/yellow] ({it['action']} → {it['to_version']}, "
-                  f"step {it['step']}): {it['repair']}")
-    for it in st.get("switch_running") or []:
-        out.print(f"[cyan]switch #{it['id']} in progress[/cyan] ({it['action']} → {it['to_version']}, step {it['step']})")
-
-
-def _short_image(ref: str) -> str:
-    head, sep, digest = ref.rpartition("@")
-    return f"{head}@{digest[:19]}…" if sep else ref
-
-
-def _print_history(ctx: Context, h: dict[str, Any]) -> None:
-    entries = h.get("entries") or []
-    if not entries:
-        ctx.stdout.print(f"no switches on target {h.get('target')} yet")
-        return
-    t = Table(title=f"history of {h.get('target')}", title_justify="left")
-    # kubernetes: one row per Deployment revision, as `kubectl rollout history` lists them.
-    kube = any("revision" in e for e in entries)
-    for col in ("revision" if kube else "#", "at (UTC)", "action", "from → to", "outcome",
-                "change-cause" if kube else "phases", "user", "reason"):
-        t.add_column(col, overflow="fold")
-    colours = {"succeeded": "green", "noop": "cyan", "running": "yellow", "interrupted": "yellow",
-               "live": "green", "superseded": "dim"}
-    for e in entries:
-        c = colours.get(e["outcome"], "red")
-        to = (e.get("to_version") or "-") + (f" ({e['variant']})" if e.get("variant") else "") \
-            + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
-        t.add_row(str(e.get("revision" if kube else "id") or "-"), (e.get("at") or "")[:19].replace("T", " "),
-                  e["action"], f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
-                  (e.get("change_cause") or "-") if kube else _fmt_phases(e.get("phases") or {}),
-                  e.get("user") or "-", e.get("reason") or "")
-    ctx.stdout.print(t)
-    rate = h.get("success_rate")
-    if rate is None:
-        ctx.stdout.print("success rate: no counted switches in this range")
-    else:
-        ctx.stdout.print(f"success rate: {rate:.0%} ({h.get('succeeded')}/{h.get('counted')} switches succeeded)")
-

@@ -180,3 +180,20 @@ def test_kubernetes_slot_text_becomes_the_revision_field(slot, revision):
            "slot": slot, "reason": None, "phases": {}}
     d = SwitchResult.from_backend(out, "kubernetes").to_dict()
     assert (d["slot"], d["revision"]) == (None, revision)
+
+
+def test_the_tables_render_the_converted_results(project, monkeypatch, capsys):
+    from orchestrator.commands import render
+
+    backend = project()
+    sw = SwitchResult.from_backend(backend.switch(NEW), "compose")
+    StatusReadable.patch(backend, monkeypatch)
+    st = Status.from_backend(backend.status(), "compose").to_dict()
+    h = History.from_backend(backend.history(), "compose").to_dict()
+    capsys.readouterr()
+    render.print_result(backend.ctx, sw, as_json=False)
+    render.print_status(backend.ctx, st)
+    render.print_history(backend.ctx, h)
+    out = capsys.readouterr().out
+    assert f"{OLD} → {NEW}" in out and "slot green" in out and f"previous {OLD}" in " ".join(out.split())
+    assert "success rate: 100%" in out
