@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return INTERRUPTED
+    except click.exceptions.NoArgsIsHelpError as e:  # `orchestrator` alone: the help, as click prints it
+        click.echo(e.format_message(), err=True)
+        return UsageError.exit_code
     except click.UsageError as e:  # bad option or argument: one line like every error, no usage dump
         command = e.ctx.command_path if e.ctx is not None else "orchestrator"
         click.echo(f"error: {e.format_message().rstrip('.')} (see `{command} --help`)", err=True)

@@ -136,6 +136,11 @@ def test_usage_errors_are_one_error_line_exit_2(project, capsys, args, needle):
     assert "Usage:" not in err and "Try " not in err and "--help" in line
 
 
+def test_the_bare_command_still_prints_the_help(capsys):
+    code, out, err = run(capsys)
+    assert code == 2 and err.startswith("Usage: orchestrator") and "Exit codes:" in err and "error:" not in err
+
+
 # ---- shared options, status, repair with a fake backend ------------------------------------------
 class FakeBackend:
     """Records what the commands ask; answers like the compose backend does."""
