@@ -119,7 +119,7 @@ def print_status(ctx: Context, st: dict[str, Any]) -> None:
             out.print(f"  - {d}")
     else:
         out.print("drift: none")
-    for it in st.get("interrupted") or []:
+    for it in [] if st.get("repairs") else st.get("interrupted") or []:  # `repair` lists them as repairs
         out.print(f"[yellow]repaired interrupted switch #{it['id']}[/yellow] ({it['action']} → {it['to_version']}, "
                   f"step {it['step']}): {it['repair']}")
     for it in st.get("switch_running") or []:
