@@ -59,7 +59,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "variant": self.variant, "ok": self.ok, "image_ref": self.image_ref, "digest": self.digest,
-                "seconds": round(self.seconds, 2), "checks": [asdict(c) for c in self.checks]}
+                "seconds": round(self.seconds, 2), "tampered": self.tampered, "checks": [asdict(c) for c in self.checks]}
 
     def failures(self) -> str:
         return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
