@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from orchestrator import golden
 from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
-from orchestrator.errors import EngineError, OrchestratorError, UsageError
+from orchestrator.errors import BuildFailed, EngineError, UsageError
 from orchestrator.ledger import Build
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.resolve import known_version
@@ -48,10 +48,6 @@ READY_TIMEOUT_S = 300.0
 VARIANT_LABEL = "aads.variant"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_HINT = "python -m serving.demo_models --version-dir {version_dir} --out {models}"
-
-
-class BuildFailed(OrchestratorError):
-    """docker build stopped with an error (the message holds the failing step's last line)."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ def target_lock(state_dir: Path, target: str, wait_s: float = 0.0) -> Iterator[N
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                     raise LockBusyError(
                         f"target {target!r} is locked by {holder}: another switch is running "
-                        f"(wait for it, or pass --wait SECONDS)"
+                        f"(wait for it, or pass --lock-timeout SECONDS)"
                     ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)

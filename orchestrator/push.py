@@ -17,17 +17,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from orchestrator.context import Context
 from orchestrator.engine import docker_client
-from orchestrator.errors import EngineError, RegistryError, UsageError
+from orchestrator.errors import EngineError, RegistryError, TagMovedError, UsageError
 from orchestrator.ledger import Build, Push
 from orchestrator.registry import RegistryClient, engine_auth_config
 from orchestrator.resolve import known_version
 from orchestrator.variants import registry_tag, staging_tag
-
-
-class TagMovedError(RegistryError):
-    """The version's tag already names another image in the registry."""
-
-    exit_code = 4
 
 
 def push_stream(client, repository: str, tag: str, console: Console, label: str,

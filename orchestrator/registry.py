@@ -30,7 +30,7 @@ from typing import Generator, Mapping
 
 import httpx
 
-from orchestrator.errors import RegistryError
+from orchestrator.errors import RegistryAuthError, RegistryError, RegistryTLSError
 from orchestrator.registry_auth import Credentials, CredentialSources
 from orchestrator.registry_tls import certificate_problem, is_loopback, ssl_context_for, tls_problem
 
@@ -40,14 +40,6 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
 ])
-
-
-class RegistryAuthError(RegistryError):
-    """The registry wants credentials, or refused the ones given."""
-
-
-class RegistryTLSError(RegistryError):
-    """The registry's certificate is not trusted, or it does not speak TLS where it must."""
 
 
 def split_repository(repository: str) -> tuple[str, str]:

@@ -13,14 +13,10 @@ from pathlib import Path
 
 from orchestrator import gitinfo
 from orchestrator.context import Context
-from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.errors import GitError, UsageError
 from orchestrator.resolve import known_version
-from orchestrator.verify import Report, VerifyFailed, verify
+from orchestrator.verify import Report, verify
 from serving.manifest import load_manifest, manifest_sha256
-
-
-class GitError(OrchestratorError):
-    """git refused, or the repository is not in a state a release can be cut from."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def release(ctx: Context, version: str, *, push: bool = False, remote: str = "or
         # The variant built here (an operator's laptop builds cpu; CI builds and verifies both).
         report = verify(ctx, version, variant=build.variant)
         if not report.ok:
-            raise VerifyFailed(f"{version} does not verify, no tag made: {report.failures()}")
+            raise report.error(f"{version} does not verify, no tag made")
 
     message = tag_message(version, manifest.description, sha)
     created = not existing

@@ -25,17 +25,11 @@ from orchestrator import golden
 from orchestrator.build import READY_TIMEOUT_S, VARIANT_LABEL, backbone_label
 from orchestrator.context import Context
 from orchestrator.engine import docker_client, probe_container
-from orchestrator.errors import OrchestratorError, TamperError
+from orchestrator.errors import TamperError, VerifyFailed, VerifyTampered
 from orchestrator.probe import ProbeError, get_json, wait_ready
 from orchestrator.registry import engine_auth_config
 from orchestrator.resolve import Deployable, resolve
 from aads_manifest import load_manifest, manifest_sha256
-
-
-class VerifyFailed(OrchestratorError):
-    """At least one check failed; the message names them."""
-
-    exit_code = 6
 
 
 @dataclass
@@ -53,6 +47,7 @@ class Report:
     digest: str | None = None
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
+    tampered: bool = False  # the registry tag moved: a TamperError, not a failing check (exit 4, not 6)
 
     @property
     def ok(self) -> bool:
@@ -64,10 +59,15 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "variant": self.variant, "ok": self.ok, "image_ref": self.image_ref, "digest": self.digest,
-                "seconds": round(self.seconds, 2), "checks": [asdict(c) for c in self.checks]}
+                "seconds": round(self.seconds, 2), "tampered": self.tampered, "checks": [asdict(c) for c in self.checks]}
 
     def failures(self) -> str:
         return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
+
+    def error(self, what: str) -> VerifyFailed | VerifyTampered:
+        """The error a failed report raises: `what` is its start (e.g. "v5 (cpu) failed verification")."""
+        cls = VerifyTampered if self.tampered else VerifyFailed
+        return cls(f"{what}: {self.failures()}")
 
 
 def verify(ctx: Context, version: str, *, variant: str = "cuda", start: bool = True,
@@ -86,6 +86,7 @@ def _run(ctx: Context, version: str, variant: str, report: Report, start: bool, 
         d: Deployable = resolve(ctx, version, variant=variant)
     except TamperError as e:
         report.add("registry", False, str(e))
+        report.tampered = True
         return
     report.image_ref, report.digest = d.image_ref, d.digest
     report.add("registry", True, f"{d.push.repository}:{d.push.tag} -> {d.digest}")

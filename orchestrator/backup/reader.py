@@ -16,15 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from orchestrator.backup import format as fmt
-from orchestrator.errors import TamperError, UsageError
-
-
-class ArchiveError(TamperError):
-    """The archive is damaged, truncated or changed; the message names the member or byte offset."""
-
-
-class ForeignArchiveError(UsageError):
-    """The file is not an AADS-ULoRA backup archive at all."""
+from orchestrator.errors import ArchiveError, ForeignArchiveError, UsageError
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.context import Context
+from orchestrator.options import json_option
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -92,7 +100,7 @@ def backup_group() -> None:
 @click.option("--note", metavar="TEXT", help="why this backup was made (kept in the archive)")
 @click.option("--compress", type=click.Choice(["zstd"]), default=None,
               help="store the image zstd-compressed (multithreaded; smaller, slower) [default: uncompressed]")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option
 @pass_ctx
 def create_cmd(ctx: Context, version: str, out_dir: Path | None, note: str | None, compress: str | None,
                as_json: bool) -> None:
@@ -119,7 +127,7 @@ def create_cmd(ctx: Context, version: str, out_dir: Path | None, note: str | Non
 
 @backup_group.command("verify")
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@json_option
 @pass_ctx
 def verify_cmd(ctx: Context, archive: Path, as_json: bool) -> None:
     """Check every byte of ARCHIVE (no engine needed).
@@ -153,7 +161,7 @@ def verify_cmd(ctx: Context, archive: Path, as_json: bool) -> None:
 @click.option("--force", is_flag=True,
               help="restore even where the local version folder or the ledger's image differ (the local "
                    "folder is replaced and kept under <state_dir>/backup/replaced/)")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@json_option
 @pass_ctx
 def restore_cmd(ctx: Context, archive: Path, push: bool, force: bool, as_json: bool) -> None:
     """Load ARCHIVE into this engine and ledger, ready to switch to.
@@ -177,7 +185,7 @@ def restore_cmd(ctx: Context, archive: Path, push: bool, force: bool, as_json: b
 
 @backup_group.command("list")
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+@json_option
 @pass_ctx
 def list_cmd(ctx: Context, directory: Path | None, as_json: bool) -> None:
     """Archives in DIRECTORY [default: <state_dir>/backups], newest first.

@@ -1,73 +1,43 @@
-"""Deploy commands: up, switch, rollback, status, history.
+"""Deploy commands: up, switch, rollback, status, repair, history, logs.
 
-Each asks the target's backend (compose or kubernetes, by the target's kind) and prints what it
-returns as a table, or as JSON with --json. Progress goes to stderr, so --json stays clean.
+Each asks the target's backend (compose or kubernetes, by the target's kind), turns what it
+returns into the typed results of orchestrator/results.py and prints them as a table, or as JSON
+with --json (docs/cli-json.md). Progress goes to stderr, so --json stays clean.
 """
 
 from __future__ import annotations
 
-import inspect
+import shlex
+import subprocess
 from typing import Any
 
 import click
-from rich.table import Table
 
 from orchestrator.backends import get_backend
+from orchestrator.commands import render
 from orchestrator.context import Context
-from orchestrator.errors import UsageError
-
-TARGET_HELP = "Deployment target from orchestrator.yaml (default: the config's default_target, `local`)."
-
-
-def _target_option(f):
-    return click.option("--target", "-t", metavar="NAME", help=TARGET_HELP)(f)
+from orchestrator.errors import EngineError, UsageError
+from orchestrator.options import json_option, lock_timeout_option, target_option
+from orchestrator.results import History, Status, SwitchPlan, SwitchResult
 
 
-def _json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(f)
+def _backend(ctx: Context, target: str | None) -> tuple[Any, str]:
+    """The target's backend and its kind (compose | kubernetes)."""
+    _, spec = ctx.config.target(target)
+    return get_backend(ctx, target), spec.kind
 
 
-def _wait_option(f):
-    return click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                        metavar="SECONDS",
-                        help="Wait this long for another switch on the target to finish (default: refuse at once).")(f)
-
-
-def _fmt_phases(phases: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.1f}s" for k, v in phases.items()) or "-"
-
-
-def _print_result(ctx: Context, res: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        ctx.emit_json(res)
-        return
-    colour = {"succeeded": "green", "noop": "cyan"}.get(res["outcome"], "red")
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("outcome", f"[{colour}]{res['outcome']}[/{colour}]")
-    t.add_row("target", res["target"])
-    t.add_row("from → to", f"{res.get('from_version') or '-'} → {res.get('to_version') or '-'}")
-    t.add_row("digest", res.get("digest") or "-")
-    t.add_row("slot", str(res.get("slot") or "-"))
-    if res.get("reason"):
-        t.add_row("reason", res["reason"])
-    if res.get("phases"):
-        total = sum(res["phases"].values())
-        t.add_row("phases", f"{_fmt_phases(res['phases'])}  (total {total:.1f}s)")
-    for it in res.get("interrupted") or []:
-        t.add_row("repaired", f"switch #{it['id']} ({it['action']} → {it['to_version']}, step {it['step']}): "
-                              f"{it['repair']}")
-    for r in res.get("repaired") or []:
-        t.add_row("drift", f"repaired: {r}")
-    ctx.stdout.print(t)
+def _repairs_of(st: dict[str, Any]) -> list[str]:
+    """What a status that repairs (the backends before `repair()`) changed: the interrupted switches."""
+    return [f"interrupted switch #{it['id']} ({it['action']} → {it['to_version']}, step {it['step']}): {it['repair']}"
+            for it in st.get("interrupted") or [] if it.get("repair")]
 
 
 def register(cli: click.Group) -> None:
     @cli.command("up")
     @click.argument("version", required=False)
-    @_target_option
-    @_json_option
+    @target_option
+    @json_option
     @click.pass_obj
     def up_cmd(obj: Context, version: str | None, target: str | None, as_json: bool) -> None:
         """Start the stack with a first live VERSION (default: the newest pushed version).
@@ -78,18 +48,22 @@ def register(cli: click.Group) -> None:
         (127.0.0.1:8080 by default). Run again, it repairs what drifted and changes nothing else;
         with another VERSION than the live one it switches to it.
         """
-        _print_result(obj, get_backend(obj, target).up(version), as_json)
+        backend, kind = _backend(obj, target)
+        render.print_result(obj, SwitchResult.from_backend(backend.up(version), kind), as_json)
 
     @cli.command("switch")
     @click.argument("version")
-    @_target_option
+    @target_option
     @click.option("--keep-previous", is_flag=True,
                   help="Keep the old slot running (warm) after the switch: a rollback is then an instant flip.")
-    @_wait_option
-    @_json_option
+    @click.option("--dry-run", is_flag=True,
+                  help="Print the plan (digest, image, slot or revision, steps) and exit 0: nothing is "
+                       "started, locked or recorded. The registry tag is still checked.")
+    @lock_timeout_option
+    @json_option
     @click.pass_obj
-    def switch_cmd(obj: Context, version: str, target: str | None, keep_previous: bool, wait_s: float,
-                   as_json: bool) -> None:
+    def switch_cmd(obj: Context, version: str, target: str | None, keep_previous: bool, dry_run: bool,
+                   lock_timeout_s: float, as_json: bool) -> None:
         """Make VERSION live with no failed request, or leave the live version serving.
 
         \b
@@ -114,19 +88,23 @@ def register(cli: click.Group) -> None:
         failed (exit 5); API errors are retried, and if the API stays unreachable the outcome is
         'unknown' and nothing is undone (exit 1). See docs/kubernetes.md.
         """
-        res = get_backend(obj, target).switch(version, keep_previous=keep_previous, wait_lock_s=wait_s)
-        _print_result(obj, res, as_json)
+        backend, kind = _backend(obj, target)
+        if dry_run:
+            render.print_plan(obj, _plan(obj, backend, kind, target, version, keep_previous), as_json)
+            return
+        res = backend.switch(version, keep_previous=keep_previous, wait_lock_s=lock_timeout_s)
+        render.print_result(obj, SwitchResult.from_backend(res, kind), as_json)
 
     @cli.command("rollback")
     @click.option("--to-version", metavar="VERSION", help="Go to this version instead of the previous live one.")
-    @_target_option
+    @target_option
     @click.option("--keep-previous", is_flag=True,
                   help="Compose: keep the slot rolled away from running (warm), to flip forward again instantly.")
-    @_wait_option
-    @_json_option
+    @lock_timeout_option
+    @json_option
     @click.pass_obj
     def rollback_cmd(obj: Context, to_version: str | None, target: str | None, keep_previous: bool,
-                     wait_s: float, as_json: bool) -> None:
+                     lock_timeout_s: float, as_json: bool) -> None:
         """Return to the previous live version (or --to-version).
 
         When the previous slot is still warm (the switch ran with --keep-previous), this is an
@@ -135,36 +113,68 @@ def register(cli: click.Group) -> None:
         marked failed (--to-version: the newest such revision whose pods ran that version);
         `kubectl rollout undo deployment/aads-serving` works as well.
         """
-        backend = get_backend(obj, target)
-        extra = {}
-        if keep_previous:
-            if "keep_previous" not in inspect.signature(backend.rollback).parameters:
-                raise UsageError(f"--keep-previous applies to compose targets only, not {type(backend).__name__}")
-            extra["keep_previous"] = True
-        res = backend.rollback(to_version, wait_lock_s=wait_s, **extra)
-        _print_result(obj, res, as_json)
+        backend, kind = _backend(obj, target)
+        if keep_previous and kind != "compose":  # by the target's kind: the option is compose's alone
+            raise UsageError(f"--keep-previous applies to compose targets only, not {kind}")
+        extra = {"keep_previous": True} if keep_previous else {}
+        res = backend.rollback(to_version, wait_lock_s=lock_timeout_s, **extra)
+        render.print_result(obj, SwitchResult.from_backend(res, kind), as_json)
 
     @cli.command("status")
-    @_target_option
-    @_json_option
+    @target_option
+    @json_option
     @click.pass_obj
     def status_cmd(obj: Context, target: str | None, as_json: bool) -> None:
-        """Live version and its variant (cuda|cpu), digest, slot, health, since when; the previous version; drift.
+        """Live version and its variant (cuda|cpu), digest, slot or revision, health, since when; the previous version; drift.
 
-        Drift is any difference between the host and the ledger (a slot running an image the
-        ledger does not know, an edge sending traffic elsewhere): the next switch repairs it.
-        A switch left half-done by a killed orchestrator is reported and repaired here too.
+        Read-only, like `kubectl rollout status` or `helm status`. Drift is any difference between
+        the host and the ledger (a slot running an image the ledger does not know, an edge sending
+        traffic elsewhere): the next switch repairs it. A switch left half-done by a killed
+        orchestrator is reported; `orchestrator repair` repairs it.
         """
-        st = get_backend(obj, target).status()
+        backend, kind = _backend(obj, target)
+        st = Status.from_backend(backend.status(), kind)
         if as_json:
-            obj.emit_json(st)
+            obj.emit_json(st.to_dict())
             return
-        _print_status(obj, st)
+        render.print_status(obj, st.to_dict())
+
+    @cli.command("repair")
+    @target_option
+    @json_option
+    @click.pass_obj
+    def repair_cmd(obj: Context, target: str | None, as_json: bool) -> None:
+        """Repair a switch a killed orchestrator left half-done, then show the status.
+
+        \b
+        Compose: a switch left half-done (kill -9, crash) is undone (the edge back on the live
+        slot, the candidate stopped) or, if it had passed the watch, finished forward. Drift
+        (a hand edit) is repaired by the next switch, rollback or up, as before.
+        Kubernetes: an interrupted switch's record is closed; the cluster itself finished or
+        timed out the rollout, and the status reads it from there.
+        Prints the status (as `orchestrator status`) plus the repairs made ("repairs": [] when
+        there was nothing to repair).
+        """
+        backend, kind = _backend(obj, target)
+        repair = getattr(backend, "repair", None)  # backends before repair(): status() repaired
+        data = repair() if repair is not None else backend.status()
+        if repair is None:
+            data = {**data, "repairs": _repairs_of(data)}
+        st = Status.from_backend(data, kind)
+        if as_json:
+            obj.emit_json(st.to_dict())
+            return
+        render.print_status(obj, st.to_dict())
+        if st.repairs:
+            for r in st.repairs:
+                obj.stdout.print(f"[yellow]repaired[/yellow] {r}")
+        else:
+            obj.stdout.print("repairs: none needed")
 
     @cli.command("history")
-    @_target_option
+    @target_option
     @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="Show only the last N entries.")
-    @_json_option
+    @json_option
     @click.pass_obj
     def history_cmd(obj: Context, target: str | None, limit: int | None, as_json: bool) -> None:
         """Every up, switch and rollback on the target: when, from -> to (variant), outcome, phases, who.
@@ -172,95 +182,54 @@ def register(cli: click.Group) -> None:
         The success rate counts succeeded against failed, reverted and interrupted switches over
         the shown range (no-ops are not counted). Digests that failed a switch are marked.
         """
-        h = get_backend(obj, target).history(limit)
+        backend, kind = _backend(obj, target)
+        h = History.from_backend(backend.history(limit), kind).to_dict()
         if as_json:
             obj.emit_json(h)
             return
-        _print_history(obj, h)
+        render.print_history(obj, h)
+
+    @cli.command("logs")
+    @click.argument("which", metavar="[SLOT|VERSION]", required=False)
+    @target_option
+    @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+    @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines (default: all).")
+    @click.option("--print", "print_only", is_flag=True, help="Print the command line instead of running it.")
+    @click.pass_obj
+    def logs_cmd(obj: Context, which: str | None, target: str | None, follow: bool, tail: int | None,
+                 print_only: bool) -> None:
+        """The serving logs of the live version, of a SLOT (blue, green, edge) or of a VERSION.
+
+        \b
+        Compose: `docker compose -p <project> -f <file> --env-file <state>/compose.env logs <slot>`,
+        the slot being the one the ledger says runs VERSION (default: the live version).
+        Kubernetes: `kubectl logs deployment/<name> -n <namespace> -c <container>` with the
+        target's kubeconfig and context (the live pods; kubectl picks one pod).
+        """
+        from orchestrator.logs import logs_argv
+
+        argv = logs_argv(obj, target, which, follow=follow, tail=tail)
+        line = shlex.join(argv)
+        if print_only:
+            click.echo(line)
+            return
+        obj.note(f"$ {line}")
+        try:
+            code = subprocess.call(argv)
+        except FileNotFoundError:
+            raise EngineError(f"{argv[0]} is not installed") from None
+        if code != 0:
+            raise EngineError(f"`{argv[0]} ... logs` exited {code}")
 
 
-def _print_status(ctx: Context, st: dict[str, Any]) -> None:
-    out = ctx.stdout
-    live = st.get("live")
-    title = f"target {st['target']} ({st['kind']}"
-    title += f", {st['compose']}" if st.get("compose") else ""
-    title += f", edge {st['edge']})" if st.get("edge") else ")"
-    out.print(f"[bold]{title}[/bold]")
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    if live:
-        health = live.get("health") or "-"
-        colour = "green" if health == "ready" else "red"
-        t.add_row("live", f"{live['version']}  ({live.get('variant') or 'variant unknown'}, slot {live.get('slot') or '-'})")
-        t.add_row("digest", live.get("digest") or "-")
-        t.add_row("image", live.get("image") or "-")
-        t.add_row("since", live.get("since") or "-")
-        t.add_row("health", f"[{colour}]{health}[/{colour}]")
-    else:
-        t.add_row("live", "nothing is live (run `orchestrator up VERSION`)")
-    prev = st.get("previous")
-    if prev:
-        warm = " (warm)" if prev.get("warm") else ""
-        variant = f"{prev['variant']}, " if prev.get("variant") else ""
-        t.add_row("previous", f"{prev['version']}  ({variant}slot {prev.get('slot') or '-'}){warm}")
-    out.print(t)
-    slots = st.get("slots") or []
-    if slots:
-        s = Table(title="slots", title_justify="left")
-        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "restarts", "oom_killed",
-                            "port", "image")
-                if any(k in x for x in slots)]
-        for k in keys:
-            s.add_column(k)
-        for x in slots:
-            s.add_row(*[(_short_image(x[k]) if k == "image" else str(x[k])) if x.get(k) is not None else "-"
-                        for k in keys])
-        out.print(s)
-    drift = st.get("drift") or []
-    if drift:
-        out.print("[bold yellow]drift[/bold yellow] (the next switch repairs it):")
-        for d in drift:
-            out.print(f"  - {d}")
-    else:
-        out.print("drift: none")
-    for it in st.get("interrupted") or []:
-        out.print(f"[yellow]repaired interrupted switch #{it['id']}[/yellow] ({it['action']} → {it['to_version']}, "
-                  f"step {it['step']}): {it['repair']}")
-    for it in st.get("switch_running") or []:
-        out.print(f"[cyan]switch #{it['id']} in progress[/cyan] ({it['action']} → {it['to_version']}, step {it['step']})")
+def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: str, keep_previous: bool) -> SwitchPlan:
+    """The backend's read-only facts a plan needs: compose's variant choice (GPU seen or not),
+    the Kubernetes Deployment and the image its nodes would pull."""
+    from orchestrator import plan
 
-
-def _short_image(ref: str) -> str:
-    head, sep, digest = ref.rpartition("@")
-    return f"{head}@{digest[:19]}…" if sep else ref
-
-
-def _print_history(ctx: Context, h: dict[str, Any]) -> None:
-    entries = h.get("entries") or []
-    if not entries:
-        ctx.stdout.print(f"no switches on target {h.get('target')} yet")
-        return
-    t = Table(title=f"history of {h.get('target')}", title_justify="left")
-    # kubernetes: one row per Deployment revision, as `kubectl rollout history` lists them.
-    kube = any("revision" in e for e in entries)
-    for col in ("revision" if kube else "#", "at (UTC)", "action", "from → to", "outcome",
-                "change-cause" if kube else "phases", "user", "reason"):
-        t.add_column(col, overflow="fold")
-    colours = {"succeeded": "green", "noop": "cyan", "running": "yellow", "interrupted": "yellow",
-               "live": "green", "superseded": "dim"}
-    for e in entries:
-        c = colours.get(e["outcome"], "red")
-        to = (e.get("to_version") or "-") + (f" ({e['variant']})" if e.get("variant") else "") \
-            + (" [red](failed digest)[/red]" if e.get("failed_digest") else "")
-        t.add_row(str(e.get("revision" if kube else "id") or "-"), (e.get("at") or "")[:19].replace("T", " "),
-                  e["action"], f"{e.get('from_version') or '-'} → {to}", f"[{c}]{e['outcome']}[/{c}]",
-                  (e.get("change_cause") or "-") if kube else _fmt_phases(e.get("phases") or {}),
-                  e.get("user") or "-", e.get("reason") or "")
-    ctx.stdout.print(t)
-    rate = h.get("success_rate")
-    if rate is None:
-        ctx.stdout.print("success rate: no counted switches in this range")
-    else:
-        ctx.stdout.print(f"success rate: {rate:.0%} ({h.get('succeeded')}/{h.get('counted')} switches succeeded)")
-
+    name, spec = ctx.config.target(target)
+    if kind == "kubernetes":
+        return plan.kubernetes_plan(ctx, name, spec, version, deployment=backend.api.read_deployment(),
+                                    image_for=backend.image_for)
+    variant, why = backend.variant_choice()
+    return plan.compose_plan(ctx, name, spec, version, variant=variant, why=why, keep_previous=keep_previous)

@@ -8,7 +8,7 @@ import click
 import yaml
 
 from orchestrator.backends.kubernetes.api import VERBS, role
-
+from orchestrator.options import json_option
 
 HELP = """Print the ServiceAccount, Role and RoleBinding that let the orchestrator switch, roll back
 and read status and history in one namespace: exactly the verbs it uses, nothing more.
@@ -29,7 +29,7 @@ to bind the Role to the identity in the orchestrator's kubeconfig.
 @click.option("--namespace", "-n", default="aads", show_default=True, help="The target's namespace.")
 @click.option("--name", default="aads-orchestrator", show_default=True,
               help="Name of the ServiceAccount, Role and RoleBinding.")
-@click.option("--json", "as_json", is_flag=True, help="Print the objects as a JSON list instead of YAML.")
+@json_option
 def k8s_role_cmd(namespace: str, name: str, as_json: bool) -> None:
     objects = role(namespace, name)
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.context import Context
+from orchestrator.options import json_option
 
 CHECK_HELP = """Reach the registry the way push, verify and switch do, and say how.
 
@@ -25,7 +26,7 @@ def register(cli: click.Group) -> None:
 
     @registry_group.command("check", help=CHECK_HELP)
     @click.argument("repository", required=False)
-    @click.option("--json", "as_json", is_flag=True, help="machine-readable result")
+    @json_option
     @click.pass_obj
     def check_cmd(ctx: Context, repository: str | None, as_json: bool) -> None:
         from orchestrator.registry import RegistryClient

@@ -11,6 +11,7 @@ from rich.table import Table
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
 from orchestrator.ledger import Build, Push
+from orchestrator.options import json_option
 from orchestrator.resolve import known_version
 from orchestrator.variants import VARIANTS, registry_tag
 from aads_manifest import ManifestError, load_manifest, manifest_sha256, version_key
@@ -123,7 +124,7 @@ def new_version_cmd(ctx: Context, name: str, source: str) -> None:
               help="extra image label (repeatable), e.g. ci.pipeline=1234; aads.* and org.opencontainers.* "
                    "are set by the build. A label makes a different image id than the same build without it")
 @click.option("--no-golden", is_flag=True, help="skip recording golden outputs (verify and switches then fail)")
-@click.option("--json", "as_json", is_flag=True, help="print the build record as JSON")
+@json_option
 @pass_ctx
 def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, base_image: str | None,
               torch_wheel: Path | None, no_cache: bool, labels: tuple[str, ...], no_golden: bool,
@@ -150,7 +151,7 @@ def build_cmd(ctx: Context, version: str, variant: str, models: Path | None, bas
 @click.argument("version")
 @click.option("--variant", type=click.Choice(["cuda", "cpu"]), help="push the latest build of this variant "
               "[default: the variant of the latest build]")
-@click.option("--json", "as_json", is_flag=True, help="print the push record as JSON")
+@json_option
 @pass_ctx
 def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> None:
     """Push the latest build of VERSION under its variant's tag and record its digest.
@@ -171,7 +172,7 @@ def push_cmd(ctx: Context, version: str, variant: str | None, as_json: bool) -> 
 
 
 @click.command("list")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @pass_ctx
 def list_cmd(ctx: Context, as_json: bool) -> None:
     """Every version with its state: defined, built, pushed, or live (on which targets).
@@ -206,7 +207,7 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 
 @click.command("show")
 @click.argument("version")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @pass_ctx
 def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
     """The manifest of VERSION with its build, push and deployment records."""
@@ -266,7 +267,7 @@ def show_cmd(ctx: Context, version: str, as_json: bool) -> None:
               help="the variant to check [default: cuda when it is pushed, else the last pushed or built]")
 @click.option("--no-start", is_flag=True, help="check registry, labels and user only; do not start the image")
 @click.option("--timeout", "timeout_s", type=float, default=300, show_default=True, help="seconds to wait for /ready")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+@json_option
 @pass_ctx
 def verify_cmd(ctx: Context, version: str, variant: str | None, no_start: bool, timeout_s: float,
                as_json: bool) -> None:
@@ -277,7 +278,7 @@ def verify_cmd(ctx: Context, version: str, variant: str | None, no_start: bool, 
     runs as non-root, starts with a read-only root filesystem, becomes ready, and gives the
     golden outputs recorded at build time. Exit 0 only when every check passes.
     """
-    from orchestrator.verify import VerifyFailed, verify
+    from orchestrator.verify import verify
 
     known_version(ctx, version)
     if variant is None:  # the version's image (CUDA) when pushed, else what was pushed or built last
@@ -291,14 +292,14 @@ def verify_cmd(ctx: Context, version: str, variant: str | None, no_start: bool, 
             mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
             ctx.stdout.print(f"{mark} {c.name:<9} {c.detail}")
     if not report.ok:
-        raise VerifyFailed(f"{version} ({variant}) failed verification: {report.failures()}")
+        raise report.error(f"{version} ({variant}) failed verification")
 
 
 @click.command("release")
 @click.argument("version")
 @click.option("--push", "push_tag", is_flag=True, help="also push the tag (starts the CI release workflow)")
 @click.option("--remote", default="origin", show_default=True, help="git remote for --push")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @pass_ctx
 def release_cmd(ctx: Context, version: str, push_tag: bool, remote: str, as_json: bool) -> None:
     """Create the annotated git tag VERSION once the version builds and verifies.

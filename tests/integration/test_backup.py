@@ -367,7 +367,7 @@ def test_not_enough_disk_space_writes_nothing(small, tmp_path):
         if mounted:
             # the real check: statvfs of a 2 MiB tmpfs
             r = small.run("backup", "create", VERSION, "--out", str(tiny))
-            assert r.returncode == 6 and "not enough free space" in one_line_error(r.stderr), r.stderr
+            assert r.returncode == 7 and "not enough free space" in one_line_error(r.stderr), r.stderr
             assert list(tiny.iterdir()) == []
         # an injected check that lies (or the only check where mounting is not allowed): the write
         # itself then runs out of space on the tmpfs, or the injected refusal stops it before

@@ -154,7 +154,7 @@ def test_a_second_switch_is_refused_while_one_runs_and_kill_9_frees_the_lock(sta
         after = stack.run("repair", "--json")
     assert second.returncode == 3
     line = one_line_error(second.stderr)
-    assert f"pid {first.pid}" in line and "another switch is running" in line and "--wait" in line
+    assert f"pid {first.pid}" in line and "another switch is running" in line and "--lock-timeout" in line
     assert [s["id"] for s in status_while["switch_running"]] == [sw.id]
     assert after.returncode == 0 and "was interrupted at step ready" in after.stderr  # lock free again
     assert_no_failed_request(load.result())
@@ -165,7 +165,7 @@ def test_a_second_switch_with_wait_waits_for_the_first_then_finds_nothing_to_do(
     with edge_load(stack) as load:
         first = stack.start("switch", candidate, env={"AADS_PAUSE_AT_STEP": "resolve", "AADS_PAUSE_SECONDS": "3"})
         stack.wait_for_step(first, "resolve", timeout=60)
-        second = stack.run("switch", candidate, "--wait", "600", "--json")
+        second = stack.run("switch", candidate, "--lock-timeout", "600", "--json")
         out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     assert second.returncode == 0, second.stderr[-3000:]

@@ -483,7 +483,7 @@ def test_cli_verbs_on_a_kubernetes_target(env):
     r = orchestrator(env, "switch", NEW, "--target", "k8s", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["outcome"] == "succeeded" and res["slot"] == "2"
+    assert res["outcome"] == "succeeded" and res["revision"] == 2 and res["slot"] is None  # separate since schema 2
     assert "successfully rolled out" in r.stderr  # progress on stderr, JSON alone on stdout
     r = orchestrator(env, "status", "--target", "k8s")
     assert r.returncode == 0, r.stderr
