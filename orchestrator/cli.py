@@ -20,7 +20,7 @@ from orchestrator.errors import (
     UsageError,
     exit_code_epilog,
 )
-from serving.manifest import ManifestError
+from aads_manifest import ManifestError
 
 HELP = """Build, push and switch AADS-ULoRA versions.
 

@@ -59,6 +59,11 @@ class EdgeError(EngineError):
     """The edge is not running, or its runtime API refused a command."""
 
 
+class CandidateExited(EngineError):
+    """Starting a slot failed because its container exited or keeps restarting: the image's own fault,
+    so a switch marks its digest failed (decided by this type, not by compose's message text)."""
+
+
 class ProbeError(OrchestratorError):
     """The service did not become ready, or answered something unusable."""
 

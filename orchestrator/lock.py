@@ -40,18 +40,27 @@ def target_lock(state_dir: Path, target: str, wait_s: float = 0.0) -> Iterator[N
         os.close(fd)  # closing drops the flock
 
 
-def is_held(state_dir: Path, target: str) -> bool:
-    """Does a live process hold `target`'s lock now? Reads only: no file is made or written."""
+def holder(state_dir: Path, target: str) -> str | None:
+    """Who holds `target`'s lock now (what the holder wrote, e.g. "pid 42"), or None where nobody does.
+
+    Reads only: no file is made or written, and the probe lock is released at once.
+    """
     path = Path(state_dir) / "locks" / f"{target}.lock"
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
+        return None
     finally:
         os.close(fd)
+
+
+def is_held(state_dir: Path, target: str) -> bool:
+    """Does a live process hold `target`'s lock now? Reads only (see `holder`)."""
+    return holder(state_dir, target) is not None

@@ -10,7 +10,7 @@ Builders return argv and run nothing, so the command can print the line (--print
 
 from __future__ import annotations
 
-from orchestrator import compose_cli
+from orchestrator.backends.compose import compose_cli
 from orchestrator.config import ComposeTarget, KubernetesTarget
 from orchestrator.context import Context
 from orchestrator.errors import UsageError

@@ -7,11 +7,9 @@ nothing, takes no lock (it only says whether one is held) and writes no ledger r
 
 from __future__ import annotations
 
-import fcntl
-import os
-from pathlib import Path
 from typing import Any
 
+from orchestrator import lock
 from orchestrator.config import ComposeTarget, KubernetesTarget
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
@@ -22,26 +20,8 @@ from orchestrator.variants import deployment_variant
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 
 
-def lock_holder(state_dir: Path, target: str) -> str | None:
-    """Who holds the target's lock now ("pid N"), or None; never takes it (a shared probe, released at once)."""
-    path = Path(state_dir) / "locks" / f"{target}.lock"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _lock_note(ctx: Context, target: str) -> list[str]:
-    holder = lock_holder(ctx.config.state_path, target)
+    holder = lock.holder(ctx.config.state_path, target)
     if holder is None:
         return []
     note = f"the target's lock is held by {holder} now: the switch would refuse (exit 3) unless --lock-timeout lets it wait"

@@ -8,11 +8,9 @@ from typing import Any, Callable
 import requests
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ProbeError  # noqa: F401  (raised here; the tree is errors.py)
 from orchestrator.polling import NotYet, PollTimeout, poll_until
 
-
-class ProbeError(OrchestratorError):
-    """The service did not become ready, or answered something unusable."""
 
 
 def get_json(url: str, timeout: float = 10.0) -> Any:

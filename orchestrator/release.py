@@ -16,7 +16,7 @@ from orchestrator.context import Context
 from orchestrator.errors import GitError, UsageError
 from orchestrator.resolve import known_version
 from orchestrator.verify import Report, verify
-from serving.manifest import load_manifest, manifest_sha256
+from aads_manifest import load_manifest, manifest_sha256
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,7 @@ class Status:
     drift: list[str] = field(default_factory=list)
     interrupted: list[dict[str, Any]] = field(default_factory=list)     # repaired (by `repair`)
     switch_running: list[dict[str, Any]] = field(default_factory=list)  # a switch holds the lock now
+    unfinished: list[dict[str, Any]] = field(default_factory=list)      # left by a dead run: `repair` it
     repairs: list[str] = field(default_factory=list)                    # `repair` only: what it changed
     # compose
     project: str | None = None
@@ -207,7 +208,8 @@ class Status:
             previous=PreviousVersion.from_backend(data.get("previous"), kind),
             slots=[SlotState.from_backend(s) for s in data.get("slots") or []],
             drift=list(data.get("drift") or []), interrupted=list(data.get("interrupted") or []),
-            switch_running=list(data.get("switch_running") or []), repairs=list(data.get("repairs") or []),
+            switch_running=list(data.get("switch_running") or []), unfinished=list(data.get("unfinished") or []),
+            repairs=list(data.get("repairs") or []),
         )
         return cls(**known, extra=extra)
 

@@ -231,5 +231,5 @@ def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: st
     if kind == "kubernetes":
         return plan.kubernetes_plan(ctx, name, spec, version, deployment=backend.api.read_deployment(),
                                     image_for=backend.image_for)
-    variant, why = backend.variant_choice()
+    variant, why = backend.stack.variant_choice()
     return plan.compose_plan(ctx, name, spec, version, variant=variant, why=why, keep_previous=keep_previous)

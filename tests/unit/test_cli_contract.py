@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 import orchestrator
-from orchestrator import compose_cli, errors
+from orchestrator import errors
+from orchestrator.backends.compose import compose_cli
 from orchestrator.commands import deploy
 from orchestrator.errors import (
     EXIT_CODES,
@@ -28,17 +29,8 @@ from tests.unit.test_versions_cli import assert_one_error, project, run  # noqa:
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "v5.5.3-performance", "v5.5.4-dinov3"
 
-# Errors still defined where they are raised, in modules other branches are moving right now
-# (backends/, haproxy.py, k8s_api.py, probe.py). orchestrator/errors.py defines each of them with the
-# same name, base and exit code; the module only has to import it instead. Empty this set then.
-NOT_YET_IMPORTED_FROM_ERRORS = {
-    "orchestrator.haproxy.EdgeError", "orchestrator.probe.ProbeError",
-    *(f"orchestrator.k8s_api.{n}" for n in ("KubeError", "KubeUnreachable", "KubeForbidden", "KubeNotFound",
-                                            "KubeConflict")),
-    "orchestrator.backends.kubernetes.RolloutBusy", "orchestrator.backends.kubernetes.RolloutUnknown",
-    "orchestrator.backends.compose.GpuRoomError", "orchestrator.backends.compose.SmokeFailed",
-    "orchestrator.backends.compose.ConfirmFailed", "orchestrator.backends.compose.WatchFailed",
-}
+# Every error class is defined in orchestrator/errors.py (modules raising them import it).
+NOT_YET_IMPORTED_FROM_ERRORS: set[str] = set()
 
 
 def all_error_classes() -> list[type[OrchestratorError]]:
@@ -118,8 +110,7 @@ def test_no_decision_reads_an_errors_message_text():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"\bin str\((e|err|exc|error)\)", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-    # compose.py's "exited" test is i14flow's to replace by an error type (it moves that module).
-    assert [o for o in offenders if not o.startswith("orchestrator/backends/compose.py")] == []
+    assert offenders == []
 
 
 # ---- usage errors --------------------------------------------------------------------------------

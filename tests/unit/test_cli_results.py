@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import compose_cli, results
+from orchestrator import results
+from orchestrator.backends.compose import compose_cli
 from orchestrator.cli import main
 from orchestrator.commands import deploy
 from orchestrator.results import (
@@ -106,9 +107,9 @@ class StatusReadable:
     @staticmethod
     def patch(backend, monkeypatch):
         monkeypatch.setattr(compose_cli, "detect", lambda forced=None: compose_cli.V2)
-        monkeypatch.setattr(backend, "containers", dict)
-        monkeypatch.setattr(backend, "edge_health", lambda: "ready")
-        monkeypatch.setattr(backend, "gpu_enabled", lambda: False)
+        monkeypatch.setattr(backend.stack, "containers", dict)
+        monkeypatch.setattr(backend.stack, "edge_health", lambda: "ready")
+        monkeypatch.setattr(backend.stack, "gpu_enabled", lambda: False)
 
 
 def test_compose_status(project, monkeypatch):
@@ -129,7 +130,7 @@ def test_compose_dry_run_plans_without_starting_or_recording(project, monkeypatc
     ctx = backend.ctx
     before = len(ctx.ledger.history("local"))
     monkeypatch.setattr(deploy, "get_backend", lambda c, target: backend)
-    monkeypatch.setattr(backend, "variant_choice", lambda: ("cpu", "variant: cpu (test)"))
+    monkeypatch.setattr(backend.stack, "variant_choice", lambda: ("cpu", "variant: cpu (test)"))
     # the registry tag check of the real switch: still made by the plan, against recorded pushes
     monkeypatch.setattr("orchestrator.plan.resolve",
                         lambda c, v, *, variant=None: __import__("orchestrator.resolve").resolve.resolve(
@@ -154,12 +155,12 @@ def test_compose_dry_run_plans_without_starting_or_recording(project, monkeypatc
 
 def test_a_dry_run_names_a_held_lock_and_never_takes_it(project, monkeypatch, capsys):
     from orchestrator.lock import target_lock
-    from orchestrator.plan import lock_holder
+    from orchestrator.lock import holder as lock_holder
 
     backend = project()
     state = backend.ctx.config.state_path
     monkeypatch.setattr(deploy, "get_backend", lambda c, target: backend)
-    monkeypatch.setattr(backend, "variant_choice", lambda: ("cpu", "test"))
+    monkeypatch.setattr(backend.stack, "variant_choice", lambda: ("cpu", "test"))
     monkeypatch.setattr("orchestrator.plan.resolve",
                         lambda c, v, *, variant=None: __import__("orchestrator.resolve").resolve.resolve(
                             c, v, variant=variant, check_registry=False))

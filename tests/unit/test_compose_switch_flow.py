@@ -22,7 +22,7 @@ from orchestrator.backends.compose.checks import Checks
 from orchestrator.backends.compose.haproxy import EdgeRuntime, config_live_slot
 from orchestrator.backends.compose.stack import ComposeStack
 from orchestrator.context import Context
-from orchestrator.errors import EngineError, RegistryError, SwitchFailed, TamperError
+from orchestrator.errors import CandidateExited, EngineError, RegistryError, SwitchFailed, TamperError
 from tests.unit.test_haproxy import SlowEdge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +113,8 @@ class RecordingCompose(ComposeBackend):
         self.events.append(f"start {slot}")
         if self.fail_at == "start":
             raise EngineError("the Docker engine went away (on purpose)")
+        if self.fail_at == "start exits":
+            raise CandidateExited("compose failed: container green exited (1) (on purpose)")
         self.running[slot] = image
 
     def stop_slot(self, slot):
@@ -253,6 +255,14 @@ def test_a_failure_that_is_not_the_candidates_does_not_mark_its_digest(project):
     assert backend.ctx.ledger.failed_digests() == {}
     assert backend.ctx.ledger.history("local")[-1].outcome == "failed"
     assert backend.fake_edge.log == []
+
+
+def test_a_candidate_whose_container_exits_on_start_has_its_digest_marked(project):
+    backend = project(fail_at="start exits")
+    with pytest.raises(SwitchFailed, match="failed at start: compose failed: container green exited"):
+        backend.switch(NEW)
+    assert digest(NEW) in backend.ctx.ledger.failed_digests()
+    assert backend.ctx.ledger.live("local").version == OLD
 
 
 def test_when_flipping_back_fails_the_reason_says_so_and_the_file_names_the_live_slot(project, capsys):

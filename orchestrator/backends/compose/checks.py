@@ -16,20 +16,12 @@ from orchestrator import golden
 from orchestrator.backends.compose.haproxy import EdgeRuntime
 from orchestrator.backends.compose.stack import ComposeStack
 from orchestrator.errors import SwitchFailed
+from orchestrator.errors import ConfirmFailed, SmokeFailed, WatchFailed  # noqa: F401  (raised here; the tree is errors.py)
 from orchestrator.polling import NotYet, PollTimeout, poll_until
 from orchestrator.resolve import Deployable
 
 
-class SmokeFailed(SwitchFailed):
-    """The candidate's golden outputs differ from its build's record."""
 
-
-class ConfirmFailed(SwitchFailed):
-    """The public edge does not serve the candidate after the flip."""
-
-
-class WatchFailed(SwitchFailed):
-    """The candidate answered errors in the watch window."""
 
 
 @dataclass(frozen=True)

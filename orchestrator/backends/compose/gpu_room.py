@@ -9,10 +9,8 @@ from __future__ import annotations
 import subprocess
 
 from orchestrator.errors import SwitchFailed
+from orchestrator.errors import GpuRoomError  # noqa: F401  (raised here; the tree is errors.py)
 
-
-class GpuRoomError(SwitchFailed):
-    """The GPU cannot hold the candidate's model next to the live one."""
 
 
 def gpu_memory() -> tuple[int, int] | None:

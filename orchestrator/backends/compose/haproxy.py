@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from orchestrator.errors import EngineError
+from orchestrator.errors import EdgeError
 from orchestrator.fsutil import atomic_write
 from orchestrator.polling import NotYet, PollTimeout, poll_until
 
@@ -37,10 +37,6 @@ ADMF_HMAINT = 0x40   # hostname changed at runtime
 
 # srv_op_state
 OP_STATES = {0: "stopped", 1: "starting", 2: "running", 3: "stopping"}
-
-
-class EdgeError(EngineError):
-    """The edge is not running, or its runtime API refused a command."""
 
 
 # -- pure builders -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from orchestrator.backends.compose import compose_cli, gpu_room, haproxy
 from orchestrator.backends.compose.haproxy import EdgeError, EdgeRuntime
 from orchestrator.config import ComposeTarget, Config
 from orchestrator.engine import docker_client
-from orchestrator.errors import EngineError, RegistryError, UsageError
+from orchestrator.errors import CandidateExited, EngineError, RegistryError, UsageError
 from orchestrator.fsutil import atomic_write
 from orchestrator.polling import NotYet, PollTimeout, poll_until
 from orchestrator.registry import engine_auth_config
@@ -280,7 +280,24 @@ class ComposeStack:
 
     def start_slot(self, slot: str, image: str) -> None:
         self.write_env(**{f"{slot.upper()}_IMAGE": image})
-        self.compose(self.project.up(slot))
+        self.up_slot(slot)
+
+    def up_slot(self, slot: str) -> None:
+        """`compose up` one slot; a failure because its container died is the image's (CandidateExited)."""
+        try:
+            self.compose(self.project.up(slot))
+        except EngineError as e:
+            if self.slot_died(slot):
+                raise CandidateExited(f"{e} ({self.slot_exit_reason(slot)})") from None
+            raise
+
+    def slot_died(self, slot: str) -> bool:
+        """Did `slot`'s container exit or start restarting (False where the engine cannot tell)?"""
+        try:
+            c = self.containers().get(slot)
+        except Exception:
+            return False  # the engine itself is failing: not the image's fault
+        return c is not None and c.status in ("exited", "dead", "restarting")
 
     def stop_slot(self, slot: str) -> None:
         self.compose(self.project.stop(slot))

@@ -23,7 +23,7 @@ from orchestrator.backends.compose.checks import Candidate, ConfirmFailed, Smoke
 from orchestrator.backends.compose.gpu_room import GpuRoomError
 from orchestrator.backends.compose.haproxy import EdgeRuntime
 from orchestrator.backends.compose.stack import other, reason_of, short
-from orchestrator.errors import EngineError, OrchestratorError
+from orchestrator.errors import CandidateExited, OrchestratorError
 from orchestrator.ledger import Live
 from orchestrator.switchflow import Reverted, Steps, Switch, pause_hook, result
 
@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 
 def candidates_fault(e: Exception) -> bool:
     """Is this failure the candidate image's own (so its digest is marked failed)?"""
-    return isinstance(e, (probe.ProbeError, SmokeFailed, ConfirmFailed, WatchFailed)) or (
-        isinstance(e, EngineError) and "exited" in str(e))
+    return isinstance(e, (probe.ProbeError, SmokeFailed, ConfirmFailed, WatchFailed, CandidateExited))
 
 
 class ComposeSwitch(Switch):
@@ -208,7 +207,7 @@ class FirstUp(Switch):
         self.stack.ensure_edge_image()
         self.stack.write_env(BLUE_IMAGE=self.cand.image, GREEN_IMAGE=self.cand.image)
         self.stack.write_edge_config(None)
-        self.stack.compose(self.stack.project.up(self.slot))
+        self.stack.up_slot(self.slot)
 
     def ready(self) -> None:
         probe.wait_ready(self.stack.slot_url(self.slot), self.stack.spec.ready_timeout_s,
