@@ -156,6 +156,7 @@ class Runtime:
             version_dir = resolve_manifest_dir(self.settings.manifest_dir)
             self.manifest = load_manifest(version_dir)
             self.manifest_sha256 = manifest_sha256(version_dir)
+            self.metrics.set_version(self.manifest.version)
             log.info("manifest %s loaded from %s; loading model set from %s",
                      self.manifest.version, version_dir, self.settings.model_dir)
             pipeline = self._loader(self.settings, self.manifest)
