@@ -47,6 +47,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 OOD_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 BLOCK_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48)
 UNKNOWN_VERSION = "unknown"
+DIAGNOSE_ROUTES = ("/v1/diagnose", "/v1/diagnose/batch")
 
 
 class ServiceMetrics:
@@ -117,6 +118,21 @@ class ServiceMetrics:
     def set_version(self, version: str) -> None:
         """The served version (from the manifest), put on every series from now on."""
         self.version = version
+
+    def start_model_series(self, crops: dict[str, list[str]], routes: tuple[str, ...] = DIAGNOSE_ROUTES) -> None:
+        """Every decision/crop/disease series at 0 once the model is ready: Prometheus' increase()
+        over a canary step does not count a series' first sample, so a series born at 1 would lose it."""
+        for decision in ("accept", "review"):
+            self.decisions.labels(decision=decision, crop="none", disease="none")
+            for crop, diseases in crops.items():
+                self.decisions.labels(decision=decision, crop=crop, disease="none")
+                for disease in diseases:
+                    self.decisions.labels(decision=decision, crop=crop, disease=disease)
+        for crop in (*crops, "none"):
+            self.ood_score.labels(crop=crop)
+        for route in routes:
+            self.requests.labels(method="POST", route=route, status="200")
+            self.latency.labels(route=route)
 
     def observe_model_output(self, diagnosis: Any) -> None:
         """One diagnosis (serving.pipeline.Diagnosis): decision mix, OOD score, blocks used."""

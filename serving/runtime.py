@@ -184,6 +184,7 @@ class Runtime:
         )
         batcher.start()
         self.metrics.track_queue_depth(lambda: batcher.queue_depth)
+        self.metrics.start_model_series(getattr(pipeline, "crops", {}))  # test loaders may hand a bare stand-in
         self.pipeline, self.batcher = pipeline, batcher
         self.ready_at = time.time()
         self._set_state(Health.READY)

@@ -45,6 +45,22 @@ def test_every_series_carries_the_served_version_and_model_series_move(service, 
     assert rss > 10_000_000
 
 
+def test_decision_series_exist_at_zero_once_ready(tiny_model_set):
+    """increase() over a canary step skips a series' first sample: the series must be born at 0."""
+    from .conftest import serve
+
+    with serve(tiny_model_set("dinov2")) as svc:
+        found = samples(svc.client.get("/metrics").text)
+        crops = svc.runtime.pipeline.crops
+        zero = {(s.labels["decision"], s.labels["crop"], s.labels["disease"])
+                for s in found if s.name == "aads_decisions_total" and s.value == 0}
+        for crop, diseases in crops.items():
+            for disease in diseases:
+                assert ("review", crop, disease) in zero and ("accept", crop, disease) in zero
+        assert ("review", "none", "none") in zero
+        assert {s.labels["crop"] for s in found if s.name == "aads_ood_score_count"} >= set(crops)
+
+
 def test_version_is_unknown_until_set_and_an_existing_version_label_is_kept():
     m = ServiceMetrics()
     m.model_info.labels(version="v-from-label", family="f", model_id="m", random_init="true").set(1)
