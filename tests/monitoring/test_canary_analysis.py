@@ -152,3 +152,25 @@ def test_an_unreachable_prometheus_is_one_clear_error():
     with PrometheusClient("http://127.0.0.1:9", timeout_s=2) as prom, \
             pytest.raises(PrometheusError, match="cannot be reached"):
         prom.query("up")
+
+
+def test_compare_prints_two_slots_side_by_side_from_prometheus(stack, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    prom, window_s = stack
+    assert main(["compare", "blue", "slow", "--by", "slot", "--window", f"{int(window_s)}s",
+                 "--prometheus", prom.url, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    figures = result["figures"]
+    assert figures["diagnoses"]["a"] == pytest.approx(PER_SLOT, abs=1)
+    assert figures["diagnoses"]["b"] == pytest.approx(SLOW_REQUESTS, abs=1)
+    assert figures["p99_seconds"]["b"] > figures["p99_seconds"]["a"]
+    assert figures["resident_memory_bytes"]["a"] > 10_000_000 and figures["cuda_memory_bytes"]["a"] is None
+    assert result["between"]["p99_ratio"] > 1.5
+
+    assert main(["compare", "blue", "green", "--by", "slot", "--window", f"{int(window_s)}s",
+                 "--prometheus", prom.url]) == 0
+    table = capsys.readouterr().out
+    assert "share sent to review" in table and "decision mix divergence" in table
