@@ -31,10 +31,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.canary import PrometheusClient, measure  # noqa: E402
-from orchestrator.canary import queries as q  # noqa: E402
-from serving.manifest import load_manifest  # noqa: E402
-from serving.synthetic import leaf_image, ood_image  # noqa: E402
+from orchestrator.canary import PrometheusClient, measure
+from orchestrator.canary import queries as q
+from serving.manifest import load_manifest
+from serving.synthetic import leaf_image, ood_image
 
 
 def free_port() -> int:

@@ -70,7 +70,7 @@ class EdgeWeights:
         def send(line: str) -> str:
             try:
                 code, out = container.exec_run(socat_argv(line), demux=False)
-            except Exception as e:  # docker.errors.APIError: the edge stopped, the engine is gone
+            except Exception as e:  # noqa: BLE001 - docker's APIError and transport errors: the edge stopped, the engine is gone
                 raise EdgeWeightError(f"cannot reach the edge's runtime API ({type(e).__name__}: {e})") from None
             text = (out or b"").decode(errors="replace")
             if code != 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -37,7 +37,7 @@ class PrometheusClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> PrometheusClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

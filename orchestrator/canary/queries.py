@@ -33,7 +33,7 @@ def matcher(label: str, value: str) -> str:
 
 def window(seconds: float) -> str:
     """A range selector duration in whole seconds (at least 1s)."""
-    return f"{max(1, int(round(seconds)))}s"
+    return f"{max(1, round(seconds))}s"
 
 
 def _check(w: str) -> str:

@@ -17,13 +17,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import docker.errors
 import httpx
 import pytest
 
 from orchestrator.canary import EdgeWeights, PrometheusClient
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_metrics import ledger_figures, push
-
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -44,13 +44,13 @@ def build(engine, folder: Path, name: str) -> str:
     tag = f"{name}:{h.hexdigest()[:12]}"
     try:
         engine.images.get(tag)
-    except Exception:
+    except docker.errors.ImageNotFound:
         engine.images.build(path=str(folder), tag=tag, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, forcerm=True)
     return tag
 
 
 def compose_argv() -> list[str]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -93,14 +93,14 @@ def stack(engine, tmp_path_factory):
     base = [*compose_argv(), "-p", project, "-f", str(REPO / "compose" / "compose.yaml"), "--env-file", str(env_file)]
     try:
         r = subprocess.run([*base, "up", "--detach", "--no-deps", "--no-build", "edge", "prometheus", "pushgateway"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         edge = engine.containers.list(filters={"label": [f"com.docker.compose.project={project}",
                                                          "com.docker.compose.service=edge"]})[0]
         yield {"edge": edge, "prometheus": f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}",
                "pushgateway": f"http://127.0.0.1:{ports['PUSHGATEWAY_PORT']}", "work": work}
     finally:
-        subprocess.run([*base, "down", "--volumes", "--timeout", "5"], capture_output=True, timeout=300)
+        subprocess.run([*base, "down", "--volumes", "--timeout", "5"], capture_output=True, timeout=300, check=False)
 
 
 def test_prometheus_runs_with_the_rules_and_bounded_retention(stack):

@@ -17,7 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from orchestrator.canary import FAIL, PASS, PrometheusClient, PrometheusError, Thresholds, analyse, measure
+from orchestrator.canary import (
+    FAIL,
+    PASS,
+    PrometheusClient,
+    PrometheusError,
+    Thresholds,
+    analyse,
+    measure,
+)
 from orchestrator.canary import queries as q
 from serving.manifest import load_manifest
 from serving.synthetic import leaf_image, ood_image

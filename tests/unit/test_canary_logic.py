@@ -9,7 +9,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.canary import FAIL, PASS, WAIT, Figures, Thresholds, judge
 from orchestrator.canary import queries as q
 from orchestrator.canary.compare import window_seconds
-from orchestrator.canary.edge_weights import EdgeWeightError, EdgeWeights, parse_weight, weight_command, weights_for_share
+from orchestrator.canary.edge_weights import (
+    EdgeWeightError,
+    EdgeWeights,
+    parse_weight,
+    weight_command,
+    weights_for_share,
+)
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_metrics import exposition, ledger_figures
 
@@ -138,3 +144,74 @@ def test_ledger_figures_count_switches_and_backups(tmp_path):
                     (("action", "switch"), ("outcome", "succeeded"), ("target", "local")))] == 2
     assert samples[("aads_orchestrator_backups_total", (("operation", "create"),))] == 1
     ledger.close()
+
+
+# -- the steps (run_steps) with a recording edge and canned verdicts: the order of effects ------------------
+
+def _recording_edge():
+    weights = {"blue": 1, "green": 0}
+    log: list[str] = []
+
+    def send(line: str) -> str:
+        words = line.split()
+        server = words[2].split("/")[1]
+        if words[0] == "set":
+            weights[server] = int(words[3])
+            log.append(f"{server}={words[3]}")
+            return ""
+        return f"{weights[server]} (initial 1)\n"
+
+    return EdgeWeights(send), weights, log
+
+
+def _verdicts(*outcomes):
+    from orchestrator.canary.analysis import Verdict
+
+    it = iter(outcomes)
+
+    def judge_step(prom, candidate, live, step_s, thresholds, on_wait=None):
+        outcome, metric = next(it)
+        return Verdict(outcome, metric, f"{metric} over", HEALTHY)
+    return judge_step
+
+
+def test_steps_promote_through_every_share_and_record_each():
+    from orchestrator.canary.steps import run_steps
+
+    edge, weights, _ = _recording_edge()
+    recorded = []
+    results = run_steps(edge, None, live_slot="blue", candidate_slot="green", candidate='version="b"',
+                        live='version="a"', shares=[10, 50, 100], step_s=60, record=recorded.append,
+                        sleep=lambda s: None, judge_step=_verdicts((PASS, None), (PASS, None), (PASS, None)))
+    assert [r.share for r in results] == [10, 50, 100] == [r.share for r in recorded]
+    assert [r.weights for r in results] == [(90, 10), (50, 50), (0, 100)]
+    assert weights == {"blue": 0, "green": 100}
+
+
+def test_a_failed_step_gives_live_everything_back_before_raising():
+    from orchestrator.canary.steps import CanaryFailed, run_steps
+    from orchestrator.errors import SwitchFailed
+
+    edge, weights, log = _recording_edge()
+    recorded = []
+    with pytest.raises(CanaryFailed, match="canary step 50%: analysis failed on review_increase") as e:
+        run_steps(edge, None, live_slot="blue", candidate_slot="green", candidate='version="b"', live='version="a"',
+                  shares=[10, 50, 100], step_s=60, record=recorded.append, sleep=lambda s: None,
+                  judge_step=_verdicts((PASS, None), (FAIL, "review_increase")))
+    assert isinstance(e.value, SwitchFailed) and e.value.exit_code == 5 and e.value.verdict.metric == "review_increase"
+    assert weights == {"blue": 100, "green": 0} and log[-2:] == ["green=0", "blue=100"]
+    assert [(r.share, r.verdict.outcome) for r in recorded] == [(10, PASS), (50, FAIL)]
+
+
+@pytest.mark.parametrize("text", ["", "50,10,100", "10,50", "0,100", "10,x,100", "10,10,100", "10,150"])
+def test_bad_canary_steps_are_refused(text):
+    from orchestrator.canary.steps import parse_shares
+
+    with pytest.raises(ValueError, match="canary steps"):
+        parse_shares(text)
+
+
+def test_canary_steps_parse():
+    from orchestrator.canary.steps import parse_shares
+
+    assert parse_shares("10,50,100") == [10, 50, 100] and parse_shares("100") == [100]
