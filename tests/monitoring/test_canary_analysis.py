@@ -73,12 +73,16 @@ def stack(tiny_model_set, run_prometheus):
             codes = dict(zip(services, pool.map(send, services)))
         assert all(c == 200 for cs in codes.values() for c in cs), codes
         time.sleep(3)  # the last scrape
-        window_s = time.time() - started + 2
         with PrometheusClient(prom.url) as client:
-            yield client, window_s
+            yield client, started
     finally:
         for s in services.values():
             s.stop()
+
+
+def since(started: float) -> float:
+    """A window from just before the traffic began until now (tests run one after another)."""
+    return time.time() - started + 2
 
 
 def slot(name: str) -> str:
@@ -86,7 +90,8 @@ def slot(name: str) -> str:
 
 
 def test_a_healthy_candidate_passes(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     verdict = analyse(prom, slot("green"), slot("blue"), window_s, Thresholds(max_wait_s=0))
     f = verdict.figures
     assert verdict.outcome == PASS, verdict.reason
@@ -96,14 +101,16 @@ def test_a_healthy_candidate_passes(stack):
 
 
 def test_an_inflated_p99_fails_on_latency(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     verdict = analyse(prom, slot("slow"), slot("blue"), window_s, Thresholds(max_wait_s=0, min_diagnoses=SLOW_REQUESTS))
     assert verdict.outcome == FAIL and verdict.metric == "p99_ratio", (verdict.reason, verdict.figures)
     assert verdict.figures.p99_ratio > 1.5
 
 
 def test_a_candidate_that_sends_most_to_review_fails_on_the_model_behaviour(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     verdict = analyse(prom, slot("biased"), slot("blue"), window_s, Thresholds(max_wait_s=0))
     assert verdict.outcome == FAIL and verdict.metric == "review_increase", verdict.reason
     f = verdict.figures
@@ -115,7 +122,8 @@ def test_a_candidate_that_sends_most_to_review_fails_on_the_model_behaviour(stac
 
 
 def test_too_little_traffic_waits_bounded_then_fails_naming_traffic(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     waits = []
     started = time.monotonic()
     verdict = analyse(prom, slot("nobody"), slot("blue"), window_s, Thresholds(max_wait_s=2, poll_s=0.5),
@@ -126,7 +134,8 @@ def test_too_little_traffic_waits_bounded_then_fails_naming_traffic(stack):
 
 
 def test_every_analysis_query_is_valid_promql_on_the_real_server(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     w = q.window(window_s)
     c, lv = slot("green"), slot("blue")
     for expr in (q.diagnoses(c, w), q.requests(c, w), q.error_rate(c, w), q.latency_quantile(c, w),
@@ -151,7 +160,8 @@ def test_the_recording_rules_evaluate_on_real_series(stack):
 
 
 def test_measure_reports_missing_data_as_none(stack):
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     f = measure(prom, slot("nobody"), slot("nobody-either"), window_s)
     assert f.candidate_diagnoses is None and f.p99_ratio is None and f.decision_divergence is None
 
@@ -167,7 +177,8 @@ def test_compare_prints_two_slots_side_by_side_from_prometheus(stack, capsys):
 
     from orchestrator.cli import main
 
-    prom, window_s = stack
+    prom, started = stack
+    window_s = since(started)
     assert main(["compare", "blue", "slow", "--by", "slot", "--window", f"{int(window_s)}s",
                  "--prometheus", prom.url, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
