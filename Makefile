@@ -51,8 +51,8 @@ kubectl:  ## kubectl 1.32 (Debian trixie's) where none new enough is on PATH; pa
 prometheus-tools:  ## prometheus + promtool from Debian's package into build/tools/prometheus (the monitoring tests)
 	bash scripts/prometheus_tools.sh
 
-test-unit: install kubectl prometheus-tools  ## unit + API + monitoring tests (no engine)
-	$(PY) -m pytest tests/unit tests/api tests/monitoring -q
+test-unit: install kubectl  ## unit + API tests (no engine)
+	$(PY) -m pytest tests/unit tests/api -q
 
 test: install engine models prometheus-tools  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25

@@ -41,6 +41,24 @@ def prometheus_tools() -> Path:
     return path if path.is_absolute() else REPO / path
 
 
+@pytest.fixture(scope="session")
+def demo_model_set():
+    """Callable: demo_model_set(version) -> the demo set in build/models (`make models`), whose
+    decisions are meaningful (the tiny sets' random backbones send most leaves to review)."""
+    from tests.conftest import VERSIONS_DIR, ModelSet
+
+    models = Path(os.environ.get("AADS_TEST_MODELS_DIR") or REPO / "build" / "models")
+
+    def get(version: str) -> ModelSet:
+        path = models / version
+        if not (path / "model_set.json").is_file():
+            pytest.fail(f"the demo model set {path} is missing: run `make models`")
+        family = "dinov3" if "dinov3" in version else "dinov2"
+        return ModelSet(family, version, VERSIONS_DIR / version, path)
+
+    return get
+
+
 @dataclass
 class ServingProcess:
     name: str

@@ -1,15 +1,16 @@
 """The canary analysis against a REAL Prometheus scraping REAL serving processes (tiny model sets).
 
-Four processes are scraped as four slots: `blue` (live), `green` (the same model: a healthy
-candidate), `slow` (the same model with a 6 s batching wait: each lone request waits that long for company: an inflated p99) and `biased`.
-`biased` runs the same model but receives only noise images, which the model rightly sends to
-`review`: its series are real, and its decision mix is what a model that sends most images to
-review produces. (A model set biased by construction is the canary switch test's candidate.)
-Candidate and live are told apart by `slot`, since all four run the same version.
+Four processes are scraped as four slots, all sent the same leaves of every crop and disease:
+`blue` (live), `green` (the same model: a healthy candidate), `slow` (the same model with a 6 s
+batching wait: each lone request waits that long for company: an inflated p99) and `biased` (the
+same model set with tomato's OOD thresholds shrunk, tests/biased_models.py: healthy, but it sends
+most tomato leaves to review). Candidate and live are told apart by `slot`, since all four run
+the same version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,9 @@ from orchestrator.canary import (
 )
 from orchestrator.canary import queries as q
 from serving.manifest import load_manifest
-from serving.synthetic import leaf_image, ood_image
+from serving.synthetic import leaf_image
 
+from ..biased_models import make_biased
 from .conftest import start_serving, wait_ready
 
 PER_SLOT = 24
@@ -43,15 +45,16 @@ def png(image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_set, run_prometheus):
-    model_set = tiny_model_set("dinov3")
+def stack(demo_model_set, run_prometheus, tmp_path_factory):
+    model_set = demo_model_set("v5.5.4-dinov3")
+    biased_dir = make_biased(model_set.path, tmp_path_factory.mktemp("biased") / "models", crop="tomato")
+    biased = dataclasses.replace(model_set, path=biased_dir)
     crops = load_manifest(model_set.version_dir).crops
     leaves = [png(leaf_image(crop, disease, i, seed=7)) for i in range(2)
               for crop, diseases in crops.items() for disease in diseases]
-    noise = [png(ood_image("noise", i, seed=7)) for i in range(8)]
     services = {"blue": start_serving(model_set, "blue"), "green": start_serving(model_set, "green"),
                 "slow": start_serving(model_set, "slow", AADS_MAX_WAIT_MS="6000"),
-                "biased": start_serving(model_set, "biased")}
+                "biased": start_serving(biased, "biased")}
     try:
         for s in services.values():
             wait_ready(s)
@@ -61,7 +64,7 @@ def stack(tiny_model_set, run_prometheus):
         started = time.time()
 
         def send(name: str) -> list[int]:
-            images = noise if name == "biased" else leaves
+            images = leaves
             codes = []
             with httpx.Client(base_url=services[name].url, timeout=60) as client:
                 for i in range(SLOW_REQUESTS if name == "slow" else PER_SLOT):
@@ -108,17 +111,18 @@ def test_an_inflated_p99_fails_on_latency(stack):
     assert verdict.figures.p99_ratio > 1.5
 
 
-def test_a_candidate_that_sends_most_to_review_fails_on_the_model_behaviour(stack):
+def test_a_healthy_but_biased_model_fails_on_the_model_behaviour(stack):
+    """No errors, no slower: only what it decides differs (tomato leaves go to review)."""
     prom, started = stack
     window_s = since(started)
     verdict = analyse(prom, slot("biased"), slot("blue"), window_s, Thresholds(max_wait_s=0))
-    assert verdict.outcome == FAIL and verdict.metric == "review_increase", verdict.reason
     f = verdict.figures
-    assert f.candidate_review_share > f.live_review_share + 0.1
-    # the other model-behaviour figures see it too
-    assert f.decision_divergence > 0.25 and f.ood_shift > 0.3
-    without_review = Thresholds(max_wait_s=0, max_review_increase=1.0)
-    assert analyse(prom, slot("biased"), slot("blue"), window_s, without_review).metric == "decision_divergence"
+    assert verdict.outcome == FAIL and verdict.metric == "review_increase", (verdict.reason, f)
+    assert f.error_rate == 0 and f.p99_ratio < 1.5, f
+    assert f.candidate_review_share > f.live_review_share + 0.3, f  # tomato is half the leaves
+    assert f.decision_divergence > 0.25 and f.ood_shift > 0.3, f  # the other model figures see it too
+    no_review_limit = Thresholds(max_wait_s=0, max_review_increase=1.0)
+    assert analyse(prom, slot("biased"), slot("blue"), since(started), no_review_limit).metric == "decision_divergence"
 
 
 def test_too_little_traffic_waits_bounded_then_fails_naming_traffic(stack):
