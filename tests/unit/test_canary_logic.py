@@ -215,3 +215,27 @@ def test_canary_steps_parse():
     from orchestrator.canary.steps import parse_shares
 
     assert parse_shares("10,50,100") == [10, 50, 100] and parse_shares("100") == [100]
+
+
+def test_orchestrator_metrics_prints_the_ledger_totals_and_fails_in_one_line_when_the_push_fails(
+        tmp_path, monkeypatch, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("AADS_STATE_DIR", str(tmp_path))
+    ledger = Ledger(tmp_path)
+    sw = ledger.begin_switch(target="local", action="up", to_version="v1", from_version=None, digest=None,
+                             command="up v1")
+    ledger.finish_switch(sw.id, "succeeded")
+    ledger.close()
+    assert main(["metrics", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["switches"][0] | {"duration_seconds_sum": 0} == {
+        "target": "local", "action": "up", "outcome": "succeeded", "count": 1,
+        "duration_seconds_sum": 0, "duration_seconds_count": 1}
+    assert main(["metrics"]) == 0
+    assert 'aads_orchestrator_switches_total{action="up",outcome="succeeded",target="local"} 1.0' in capsys.readouterr().out
+    assert main(["metrics", "--push", "http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pushgateway at http://127.0.0.1:9 cannot be reached" in err[0]
