@@ -16,7 +16,7 @@ VARIANT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install engine kubectl models images demo test test-unit test-integration \
+.PHONY: install engine kubectl prometheus-tools models images demo test test-unit test-integration \
         bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check \
         mutation clean help
 
@@ -48,10 +48,13 @@ demo: images  ## the whole story: deploy v5.5.3, switch to v5.5.4, roll back
 kubectl:  ## kubectl 1.32 (Debian trixie's) where none new enough is on PATH; part of `make engine`
 	bash scripts/engine.sh --kubectl
 
+prometheus-tools:  ## prometheus + promtool from Debian's package into build/tools/prometheus (the monitoring tests)
+	bash scripts/prometheus_tools.sh
+
 test-unit: install kubectl  ## unit + API tests (no engine)
 	$(PY) -m pytest tests/unit tests/api -q
 
-test: install engine models  ## everything, engine tests included
+test: install engine models prometheus-tools  ## everything, engine tests included
 	$(PY) -m pytest tests -q --durations=25
 
 # The functions that carry the release promises ([tool.mutmut] in pyproject.toml picks the fast tests).

@@ -50,9 +50,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 def _register_commands() -> None:
     # Each area keeps its commands in its own module; importing it adds them to `cli`.
-    from orchestrator.commands import backup, deploy, kubernetes, registry, versions  # noqa: F401
+    from orchestrator.commands import backup, compare, deploy, kubernetes, metrics, registry, versions  # noqa: F401
 
-    for module in (versions, deploy, backup, kubernetes, registry):
+    for module in (versions, deploy, backup, kubernetes, registry, compare, metrics):
         module.register(cli)
 
 

@@ -269,6 +269,7 @@ async def _diagnose_one(rt: Runtime, item: DiagnoseItem, decode_ms: float) -> di
                        code="model_error") from None
     d = batched.result
     rt.metrics.observe_diagnosis(d.decision, d.reason)
+    rt.metrics.observe_model_output(d)
     timings = {k: round(float(v), 3) for k, v in (d.timings_ms or {}).items()}
     timings.update(decode=round(decode_ms, 3), queue=round(batched.queue_ms, 3), batch=round(batched.run_ms, 3))
     return {

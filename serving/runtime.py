@@ -156,6 +156,7 @@ class Runtime:
             version_dir = resolve_manifest_dir(self.settings.manifest_dir)
             self.manifest = load_manifest(version_dir)
             self.manifest_sha256 = manifest_sha256(version_dir)
+            self.metrics.set_version(self.manifest.version)
             log.info("manifest %s loaded from %s; loading model set from %s",
                      self.manifest.version, version_dir, self.settings.model_dir)
             pipeline = self._loader(self.settings, self.manifest)
@@ -183,6 +184,7 @@ class Runtime:
         )
         batcher.start()
         self.metrics.track_queue_depth(lambda: batcher.queue_depth)
+        self.metrics.start_model_series(getattr(pipeline, "crops", {}))  # test loaders may hand a bare stand-in
         self.pipeline, self.batcher = pipeline, batcher
         self.ready_at = time.time()
         self._set_state(Health.READY)

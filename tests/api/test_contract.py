@@ -128,10 +128,11 @@ def test_metrics(service, leaf_png):
     service.client.post("/v1/diagnose", json={"image": b64(leaf_png)})
     service.client.get("/v1/adapters/nope")
     text = service.client.get("/metrics").text
-    assert 'aads_requests_total{method="POST",route="/v1/diagnose",status="200"}' in text
+    v = service.runtime.manifest.version  # every series carries the served version (tests/api/test_metrics.py)
+    assert f'aads_requests_total{{method="POST",route="/v1/diagnose",status="200",version="{v}"}}' in text
     assert 'route="/v1/adapters/{crop}",status="404"' in text  # the template, not the raw path
     for name in ("aads_request_duration_seconds_bucket", "aads_batch_size_bucket", "aads_model_load_seconds",
-                 "aads_queue_depth", 'aads_model_state{state="ready"} 1.0', "aads_diagnoses_total"):
+                 "aads_queue_depth", f'aads_model_state{{state="ready",version="{v}"}} 1.0', "aads_diagnoses_total"):
         assert name in text, name
 
 

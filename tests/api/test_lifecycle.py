@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -66,7 +67,7 @@ def test_missing_model_set_fails_naming_the_directory_in_the_log_only(tiny_model
         ready = svc.client.get("/ready")
         assert ready.status_code == 503 and str(missing) not in ready.json()["error"]["message"]
         assert svc.client.post("/v1/diagnose", json={"image": "AAAA"}).status_code == 503
-        assert 'aads_model_state{state="failed"} 1.0' in svc.client.get("/metrics").text
+        assert re.search(r'aads_model_state\{state="failed",version="[^"]+"\} 1\.0', svc.client.get("/metrics").text)
 
 
 def test_a_tampered_adapter_file_fails_naming_the_file_in_the_log(tiny_model_set, tmp_path, caplog):
@@ -146,7 +147,7 @@ def test_api_keys_and_rate_limit_on_the_real_app(tiny_model_set, leaf_png, audit
 
 def _running(svc) -> bool:
     text = svc.client.get("/metrics").text
-    return "aads_requests_in_flight 2.0" in text  # the diagnose waiting on its batch + this metrics call
+    return re.search(r'aads_requests_in_flight\{version="[^"]+"\} 2\.0', text) is not None  # the diagnose waiting on its batch + this metrics call
 
 
 def _wait_for(condition, what: str, timeout: float = 20.0) -> None:

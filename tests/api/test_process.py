@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -100,7 +101,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(process, leaf_pn
     thread = threading.Thread(target=in_flight)
     thread.start()
     deadline = time.time() + 20
-    while "aads_requests_in_flight 2.0" not in httpx.get(f"{base}/metrics", timeout=5).text:  # diagnose + this
+    while not re.search(r'aads_requests_in_flight\{version="[^"]+"\} 2\.0', httpx.get(f"{base}/metrics", timeout=5).text):  # diagnose + this
         assert time.time() < deadline, "the diagnose request never arrived"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

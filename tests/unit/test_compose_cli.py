@@ -92,7 +92,10 @@ def test_run_reports_the_last_lines_of_a_failure():
 def test_the_compose_file_is_plain_compose_spec():
     doc = yaml.safe_load(COMPOSE.read_text())
     assert "version" not in doc and "name" not in doc  # v1 1.29 and v2 both accept it
-    assert set(doc["services"]) == {"edge", "blue", "green"}
+    assert set(doc["services"]) == {"edge", "blue", "green", "prometheus", "pushgateway"}
+    for name in ("prometheus", "pushgateway"):  # monitoring: published on 127.0.0.1 only, hardened too
+        svc = doc["services"][name]
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"] and svc["ports"][0].startswith("127.0.0.1:")
     for slot in ("blue", "green"):
         svc = doc["services"][slot]
         assert svc["read_only"] is True and any(t.startswith("/tmp") for t in svc["tmpfs"])
