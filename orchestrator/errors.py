@@ -28,6 +28,8 @@ message's text.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OrchestratorError(Exception):
     """Base class. `str(err)` is the one line the operator reads."""
@@ -57,6 +59,18 @@ class EngineError(OrchestratorError):
 
 class EdgeError(EngineError):
     """The edge is not running, or its runtime API refused a command."""
+
+
+class PrometheusError(EngineError):
+    """Prometheus cannot be reached, or refused a query."""
+
+
+class PushError(EngineError):
+    """The pushgateway cannot be reached or refused the figures."""
+
+
+class EdgeWeightError(EngineError):
+    """The edge refused a weight command or cannot be reached."""
 
 
 class CandidateExited(EngineError):
@@ -171,6 +185,14 @@ class SmokeFailed(SwitchFailed):
 
 class ConfirmFailed(SwitchFailed):
     """The public edge does not serve the candidate after the flip."""
+
+
+class CanaryFailed(SwitchFailed):
+    """A canary step's analysis failed; `verdict.metric` names the figure (orchestrator/canary/analysis.py)."""
+
+    def __init__(self, share: int, verdict: Any):
+        super().__init__(f"canary step {share}%: analysis failed on {verdict.metric}: {verdict.reason}")
+        self.share, self.verdict = share, verdict
 
 
 class WatchFailed(SwitchFailed):

@@ -23,13 +23,11 @@ import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from orchestrator.errors import EngineError
+from orchestrator.errors import PushError
 
 JOB = "aads-orchestrator"
 
 
-class PushError(EngineError):
-    """The pushgateway cannot be reached or refused the figures."""
 
 
 def _seconds(ts: str | None) -> float | None:

@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import requests
 
-from orchestrator.errors import OrchestratorError
 from orchestrator.errors import ProbeError  # noqa: F401  (raised here; the tree is errors.py)
 from orchestrator.polling import NotYet, PollTimeout, poll_until
 

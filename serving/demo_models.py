@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from serving import synthetic
 from serving.backbones import random_backbone, save_backbone

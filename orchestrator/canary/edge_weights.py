@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from orchestrator.errors import EngineError
+from orchestrator.errors import EdgeWeightError
 
 ADMIN_SOCKET = "/tmp/haproxy-admin.sock"
 BACKEND = "slots"
@@ -22,8 +22,6 @@ _WEIGHT = re.compile(r"^(\d+) \(initial (\d+)\)$")
 Send = Callable[[str], str]  # one runtime API command line -> its answer
 
 
-class EdgeWeightError(EngineError):
-    """The edge refused a weight command or cannot be reached."""
 
 
 def weights_for_share(candidate_percent: int) -> tuple[int, int]:

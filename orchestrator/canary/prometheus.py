@@ -12,13 +12,11 @@ from typing import Any, Self
 
 import httpx
 
-from orchestrator.errors import EngineError
+from orchestrator.errors import PrometheusError
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 
 
-class PrometheusError(EngineError):
-    """Prometheus cannot be reached, or refused a query."""
 
 
 @dataclass(frozen=True)

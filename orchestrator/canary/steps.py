@@ -19,15 +19,9 @@ from typing import Any
 from orchestrator.canary.analysis import FAIL, Thresholds, Verdict, analyse
 from orchestrator.canary.edge_weights import EdgeWeights
 from orchestrator.canary.prometheus import PrometheusClient
-from orchestrator.errors import SwitchFailed
+from orchestrator.errors import CanaryFailed
 
 
-class CanaryFailed(SwitchFailed):
-    """A canary step's analysis failed; `verdict.metric` names the figure."""
-
-    def __init__(self, share: int, verdict: Verdict):
-        super().__init__(f"canary step {share}%: analysis failed on {verdict.metric}: {verdict.reason}")
-        self.share, self.verdict = share, verdict
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import click
 
 from orchestrator.context import Context
 from orchestrator.errors import UsageError
+from orchestrator.options import json_option
 
 COMPARE_HELP = """Show two versions' figures side by side over a window, from Prometheus.
 
@@ -35,7 +36,7 @@ def register(cli: click.Group) -> None:
     @click.option("--prometheus", "url", metavar="URL",
                   default=lambda: os.environ.get("AADS_PROMETHEUS_URL", "http://127.0.0.1:9090"),
                   show_default="$AADS_PROMETHEUS_URL or http://127.0.0.1:9090", help="Prometheus to ask")
-    @click.option("--json", "as_json", is_flag=True, help="machine-readable result")
+    @json_option
     @click.pass_obj
     def compare_cmd(ctx: Context, a: str, b: str, window: str, label: str, url: str, as_json: bool) -> None:
         from orchestrator.canary.compare import compare, render, window_seconds

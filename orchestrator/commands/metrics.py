@@ -8,6 +8,7 @@ import socket
 import click
 
 from orchestrator.context import Context
+from orchestrator.options import json_option
 
 METRICS_HELP = """Print the orchestrator's figures from the ledger, or push them to a pushgateway.
 
@@ -29,7 +30,7 @@ def register(cli: click.Group) -> None:
                   help="pushgateway to PUT the figures to ($AADS_PUSHGATEWAY_URL)")
     @click.option("--instance", default=socket.gethostname, show_default="this host's name",
                   help="the pushgateway group's instance label (one group per machine)")
-    @click.option("--json", "as_json", is_flag=True, help="the totals as JSON instead")
+    @json_option
     @click.pass_obj
     def metrics_cmd(ctx: Context, push_url: str | None, instance: str, as_json: bool) -> None:
         from orchestrator.ledger_metrics import exposition, ledger_figures, push

@@ -23,7 +23,6 @@ import requests
 from benchmarks.loadgen import LoadGenerator, LoadSpec
 from orchestrator.backends.compose import compose_cli
 from orchestrator.backends.compose.haproxy import EdgeRuntime
-from orchestrator.probe import wait_ready
 from tests.integration.conftest_faults import LIVE_VERSION, OTHER_VERSION, Stack, make_stack, one_line_error
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -218,7 +217,7 @@ def test_an_edge_sending_traffic_elsewhere_is_drift_repaired_by_the_next_switch(
 def unknown_image(stack, engine_client):
     """An image the ledger has never seen (a plain HTTP server on the base image)."""
     tag = f"{stack.project}-drift:1"
-    dockerfile = f"FROM aads-base:bookworm\nUSER 10001\nCMD [\"python3\", \"-m\", \"http.server\", \"8000\"]\n"
+    dockerfile = "FROM aads-base:bookworm\nUSER 10001\nCMD [\"python3\", \"-m\", \"http.server\", \"8000\"]\n"
     engine_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     yield tag
     for c in stack.containers():

@@ -500,8 +500,8 @@ class Cluster:
             used = sum(gpu_request(p) for p in self.store.list("pods") if p["spec"].get("nodeName"))
             if used + want > self.gpus:
                 cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": f"0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 "
-                                   f"nodes are available: 1 No preemption victims found for incoming pod.",
+                        "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 "
+                                   "nodes are available: 1 No preemption victims found for incoming pod.",
                         "lastTransitionTime": timestamp()}
                 pod["status"] = {"phase": "Pending", "conditions": [cond]}
                 return False

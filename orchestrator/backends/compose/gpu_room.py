@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 
-from orchestrator.errors import SwitchFailed
 from orchestrator.errors import GpuRoomError  # noqa: F401  (raised here; the tree is errors.py)
 
 
