@@ -73,15 +73,17 @@ def real_size_backbone(family: str, size: str, seed: int = 0) -> torch.nn.Module
     return random_backbone(family, seed=seed, image_size=image_size, **REAL_SIZES[size])
 
 
+def pick_device(device: str | None = None) -> torch.device:
+    """`device`, or CUDA when a GPU is visible, else the CPU."""
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def choose_device_dtype(device: str | None = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """CUDA + bf16 when a GPU with bf16 is visible (dtype auto), else fp32 (CPU, or a GPU without bf16)."""
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        # Pre-Ampere GPUs emulate bf16 slowly or not at all: fp32 there.
-        dt = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        dt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    return dev, dt
+    """The device, and bf16 where it computes bf16 natively (dtype auto; see serving.precision), else fp32."""
+    from serving.precision import choose
+
+    dev = pick_device(device)
+    return dev, choose(dev, dtype).dtype
 
 
 def save_backbone(model: torch.nn.Module, directory: str | Path) -> None:

@@ -11,6 +11,8 @@ a Diagnosis always carry the model's best guess; `decision` says whether to trus
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from PIL import Image
 
 from serving import dynamic_depth
 from serving import ood as ood_mod
-from serving.backbones import EncoderView, choose_device_dtype, load_backbone
+from serving import precision as precision_mod
+from serving.backbones import EncoderView, load_backbone, pick_device
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.manifest import Manifest
@@ -31,6 +34,8 @@ from serving.train import OOD_FILE, StandardisedHead
 __all__ = ["Diagnosis", "ModelLoadError", "Pipeline", "MODEL_SET_FILE", "RANDOM_INIT_NOTICE"]
 
 MODEL_SET_FILE = "model_set.json"
+GOLDEN_FILE = "golden/golden.json"
+log = logging.getLogger("serving.pipeline")
 RANDOM_INIT_NOTICE = ("demo model: the backbone is randomly initialized (not pretrained DINO weights) and the "
                       "adapters were trained on synthetic images; its diagnoses mean nothing for real plants")
 
@@ -76,6 +81,12 @@ def _host(*tensors: torch.Tensor) -> list[list]:
     return [t.detach().to("cpu").tolist() for t in tensors]
 
 
+def _precision_info(precision: precision_mod.Precision, check: dict | None) -> dict:
+    return {"dtype": precision.name, "requested": precision.requested, "source": precision.source,
+            "reason": precision.reason, "agreement_target": precision_mod.AGREEMENT_TARGET, "check": check,
+            "refused": None}
+
+
 def read_model_set(model_dir: Path) -> dict:
     path = model_dir / MODEL_SET_FILE
     if not model_dir.is_dir():
@@ -103,6 +114,7 @@ class Pipeline:
         self.model, self.view, self.router, self.adapters = model, view, router, adapters
         self.preprocess, self.policy, self.device, self.dtype = preprocess, policy, device, dtype
         self.crops: dict[str, list[str]] = {c: list(a.classes) for c, a in adapters.items()}
+        self.warmed = False
         self.confidence_threshold = manifest.adapter_spec.confidence_threshold
         dyn = model_set.get("dynamic_depth") or {}
         self.info: dict = {
@@ -125,10 +137,13 @@ class Pipeline:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True,
-             dtype: str | None = None) -> "Pipeline":
+             dtype: str | None = None, dtype_source: str = "caller", check_precision: bool = True) -> "Pipeline":
         """Load and verify a model set (offline). Raises ModelLoadError naming the bad path.
 
-        `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32.
+        `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32;
+        `dtype_source` names who asked for it in logs and `info["precision"]`. bf16 is only kept if
+        it decides as fp32 does (serving.precision): otherwise the set is served in fp32;
+        `check_precision=False` skips that check (tools that measure the agreement themselves).
         """
         t0 = time.perf_counter()
         model_dir = Path(model_dir)
@@ -161,8 +176,11 @@ class Pipeline:
                                  f"{manifest.backbone.model_id} nor one of its variants")
         if not doc.get("random_init"):  # a demo stand-in is smaller than the model it stands for
             check_config_matches(read_config(model_dir / "backbone"), family, model_id, f"model set {model_dir}")
-        dev, dt = choose_device_dtype(device, dtype or manifest.backbone.dtype)
-        # Loaded on the CPU with its adapters, then moved as a whole (peft loads into real tensors).
+        dev = pick_device(device)
+        precision = precision_mod.choose(dev, dtype or manifest.backbone.dtype, dtype_source if dtype else "manifest")
+        # Loaded in fp32 on the CPU with its adapters, then moved as a whole (peft loads into real
+        # tensors); cast to bf16 only after the fp32 decisions on the golden images are known.
+        dt = torch.float32
         backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
         router = Router.load(model_dir / "router")
         if sorted(router.crops) != sorted(manifest.crops):
@@ -206,12 +224,83 @@ class Pipeline:
             if lacking:
                 raise ModelLoadError(f"model set {model_dir}: dynamic blocks are on, but the OOD statistics of "
                                      f"{', '.join(lacking)} lack blocks {sorted(exits)} (rebuild the set)")
-        return cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
+        pipe = cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
                    adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
                    load_seconds=time.perf_counter() - t0)
+        if precision.dtype == torch.float32 or not check_precision:
+            pipe.set_dtype(precision.dtype)
+            pipe.info["precision"] = _precision_info(precision, None)
+            return pipe
+        refusal, check = pipe._try_precision(precision.dtype)
+        if refusal is None:
+            pipe.info["precision"] = _precision_info(precision, check)
+            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+            return pipe
+        log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
+        del pipe, model
+        fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal")
+        fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
+        fp32.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+        return fp32
+
+    def _try_precision(self, dtype: torch.dtype) -> tuple[str | None, dict | None]:
+        """Cast the backbone to `dtype` if its decisions on the golden images match fp32's.
+
+        Returns (why it was refused or None, the measurement). The recorded held-out agreement of
+        the set (build time) is read first; the golden images are then run in fp32 and in `dtype`.
+        """
+        refusal = precision_mod.recorded_refusal(self.model_set)
+        if refusal is not None:
+            return refusal, None
+        images = self.golden_images()
+        if not images:
+            return f"the model set has no golden images ({GOLDEN_FILE}) to check bf16 against fp32", None
+        reference = self.decisions(images)
+        self.set_dtype(dtype)
+        got = self.decisions(images)
+        self.warmed = True
+        agreement = precision_mod.decisions_agreement(got, reference)
+        check = {"golden_agreement": agreement, "golden_images": len(images)}
+        if agreement < precision_mod.AGREEMENT_TARGET:
+            return (f"bf16 and fp32 decisions agree on {agreement:.4f} of {len(images)} golden images, "
+                    f"below {precision_mod.AGREEMENT_TARGET}"), check
+        return None, check
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Hold the backbone and its adapters in `dtype` (pooling, heads and OOD stay fp32)."""
+        self.model.to(dtype=dtype)
+        self.dtype = dtype
+        self.info["dtype"] = str(dtype).removeprefix("torch.")
+
+    def golden_images(self) -> list[Image.Image]:
+        """The set's golden images (held-out images with recorded decisions); [] when it has none."""
+        path = self.model_dir / GOLDEN_FILE
+        if not path.is_file():
+            return []
+        try:
+            rows = json.loads(path.read_text())
+            images = []
+            for row in rows:
+                with Image.open(path.parent / row["image"]) as im:
+                    images.append(im.convert("RGB"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+        return images
+
+    def decisions(self, images: list[Image.Image], batch_size: int = 32) -> list[tuple]:
+        """(decision, reason, crop, disease) of each image, routed: what two precisions must agree on."""
+        out: list[tuple] = []
+        for b in range(0, len(images), batch_size):
+            chunk = images[b:b + batch_size]
+            out += [(d.decision, d.reason, d.crop, d.disease) for d in self.diagnose(chunk, [None] * len(chunk))]
+        return out
 
     # ---------------------------------------------------------------- serving
     def warmup(self) -> None:
+        """One pass through the router and an adapter; skipped when the precision check just ran both."""
+        if self.warmed:
+            return
+        self.warmed = True
         blank = Image.new("RGB", (self.preprocess.image_size, self.preprocess.image_size), (128, 128, 128))
         self.diagnose([blank], [None])
 
