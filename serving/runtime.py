@@ -22,6 +22,7 @@ from serving.batching import BatchStats, MicroBatcher
 from serving.errors import NotReady
 from serving.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, manifest_sha256
 from serving.metrics import ServiceMetrics
+from serving.response_cache import ResponseCache
 from serving.settings import Settings
 
 log = logging.getLogger("serving.runtime")
@@ -55,7 +56,8 @@ def load_pipeline(settings: Settings, manifest: Manifest) -> PipelineLike:
     """The real loader: `serving.pipeline.Pipeline.load` (imported here: it pulls in torch)."""
     from serving.pipeline import Pipeline
 
-    return Pipeline.load(settings.model_dir, manifest, device=settings.device)
+    return Pipeline.load(settings.model_dir, manifest, device=settings.device, dtype=settings.precision,
+                         dtype_source="AADS_PRECISION")
 
 
 def resolve_manifest_dir(path: Path) -> Path:
@@ -99,7 +101,9 @@ class Runtime:
         self.ready_at: float | None = None
         self.load_seconds: float | None = None
         self._thread: threading.Thread | None = None
+        self.cache = ResponseCache(settings.cache_entries, settings.cache_bytes)
         self.metrics.set_state(self.state.value, ALL_STATES)
+        self.metrics.track_cache(self.cache)
 
     # -- state -------------------------------------------------------------------------------
 
