@@ -106,11 +106,45 @@ def load_backbone(directory: str | Path, family: str, device: torch.device | str
         raise ModelLoadError(f"backbone config unreadable ({type(e).__name__}: {e}): {expect}") from None
     if config.model_type != model_type:
         raise ModelLoadError(f"backbone in {directory} is a {config.model_type!r} model, not {family}")
+    model = _load_direct(directory, model_cls, config)
+    if model is None:  # a checkpoint whose names need transformers' conversions
+        try:
+            model = model_cls.from_pretrained(str(directory), config=config, local_files_only=True, dtype=dtype)
+        except Exception as e:
+            raise ModelLoadError(f"backbone weights unreadable ({type(e).__name__}: {str(e)[:200]}): {expect}") from None
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_direct(directory: Path, model_cls, config) -> torch.nn.Module | None:
+    """The model built without initialising weights, its tensors taken as safetensors loads them.
+
+    About a second faster than `from_pretrained` for a small model (which builds its checkpoint
+    conversion tables first); None when the file's names are not exactly the model's, so the
+    caller falls back to `from_pretrained` and its conversions.
+    """
+    from safetensors.torch import load_file
+    from transformers.initialization import no_init_weights
+
+    index = directory / "model.safetensors.index.json"
     try:
-        model = model_cls.from_pretrained(str(directory), config=config, local_files_only=True, dtype=dtype)
+        if index.is_file():
+            import json
+
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(load_file(str(directory / shard)))
+        else:
+            state = load_file(str(directory / "model.safetensors"))
     except Exception as e:
-        raise ModelLoadError(f"backbone weights unreadable ({type(e).__name__}: {str(e)[:200]}): {expect}") from None
-    return model.to(device).eval()
+        raise ModelLoadError(f"backbone weights unreadable in {directory} ({type(e).__name__}: {str(e)[:200]})") from None
+    with no_init_weights():
+        model = model_cls(config)
+    if set(state) != set(model.state_dict()):
+        return None
+    # assign: the parameters become the loaded tensors, no second copy of the weights.
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
 
 
 class EncoderView:

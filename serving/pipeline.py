@@ -27,6 +27,7 @@ from serving.backbones import EncoderView, load_backbone, pick_device
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.manifest import Manifest
+from serving.phases import Phases
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
 from serving.train import OOD_FILE, StandardisedHead
@@ -81,6 +82,32 @@ def _host(*tensors: torch.Tensor) -> list[list]:
     return [t.detach().to("cpu").tolist() for t in tensors]
 
 
+class _HashCheck:
+    """`verify_hashes` in a thread; `result()` waits for it and raises its ModelLoadError."""
+
+    def __init__(self, root: Path, expected: dict[str, str], what: str):
+        import threading
+
+        self.error: ModelLoadError | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(root, expected, what), name="hash-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path, expected: dict[str, str], what: str) -> None:
+        started = time.perf_counter()
+        try:
+            verify_hashes(root, expected, what)
+        except ModelLoadError as e:
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def result(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _precision_info(precision: precision_mod.Precision, check: dict | None) -> dict:
     return {"dtype": precision.name, "requested": precision.requested, "source": precision.source,
             "reason": precision.reason, "agreement_target": precision_mod.AGREEMENT_TARGET, "check": check,
@@ -115,6 +142,7 @@ class Pipeline:
         self.preprocess, self.policy, self.device, self.dtype = preprocess, policy, device, dtype
         self.crops: dict[str, list[str]] = {c: list(a.classes) for c, a in adapters.items()}
         self.warmed = False
+        self.phases = Phases()
         self.confidence_threshold = manifest.adapter_spec.confidence_threshold
         dyn = model_set.get("dynamic_depth") or {}
         self.info: dict = {
@@ -137,15 +165,18 @@ class Pipeline:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True,
-             dtype: str | None = None, dtype_source: str = "caller", check_precision: bool = True) -> "Pipeline":
+             dtype: str | None = None, dtype_source: str = "caller", check_precision: bool = True,
+             phases: Phases | None = None) -> "Pipeline":
         """Load and verify a model set (offline). Raises ModelLoadError naming the bad path.
 
         `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32;
         `dtype_source` names who asked for it in logs and `info["precision"]`. bf16 is only kept if
         it decides as fp32 does (serving.precision): otherwise the set is served in fp32;
         `check_precision=False` skips that check (tools that measure the agreement themselves).
+        `phases` receives the seconds spent hashing, reading weights, building, checking precision.
         """
         t0 = time.perf_counter()
+        phases = Phases() if phases is None else phases
         model_dir = Path(model_dir)
         doc = read_model_set(model_dir)
         family = manifest.backbone.family
@@ -157,8 +188,10 @@ class Pipeline:
         for part in ["backbone", "router"] + [f"adapters/{c}" for c in manifest.crops]:
             if not (model_dir / part).is_dir():
                 raise ModelLoadError(f"model set {model_dir}: directory {model_dir / part} is missing")
-        if verify:
-            verify_hashes(model_dir, doc["files"], f"model set {model_dir}")
+        # Hashing runs beside the loading (hashlib releases the GIL on large reads); the set is not
+        # served until it has passed: a mismatch fails the load below. Everything parsed meanwhile
+        # is safetensors or JSON, never pickle.
+        hashing = _HashCheck(model_dir, doc["files"], f"model set {model_dir}") if verify else None
         try:
             pre = doc["preprocess"]
             preprocess = Preprocess(family, int(pre["image_size"]), int(pre["resize_size"]),
@@ -181,7 +214,44 @@ class Pipeline:
         # Loaded in fp32 on the CPU with its adapters, then moved as a whole (peft loads into real
         # tensors); cast to bf16 only after the fp32 decisions on the golden images are known.
         dt = torch.float32
-        backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
+        try:
+            with phases.phase("read_weights"):
+                backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
+            with phases.phase("build_model"):
+                model, view, router, adapters, policy = cls._assemble(model_dir, manifest, doc, backbone, dev, dt)
+        except ModelLoadError:
+            if hashing is not None:
+                hashing.result()  # a file that fails its hash explains a broken load best
+            raise
+        if hashing is not None:
+            with phases.phase("hash_wait"):
+                hashing.result()
+            phases.add("hash", hashing.seconds)
+        pipe = cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
+                   adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
+                   load_seconds=time.perf_counter() - t0)
+        pipe.phases = phases
+        if precision.dtype == torch.float32 or not check_precision:
+            pipe.set_dtype(precision.dtype)
+            pipe.info["precision"] = _precision_info(precision, None)
+            return pipe
+        with phases.phase("precision_check"):
+            refusal, check = pipe._try_precision(precision.dtype)
+        if refusal is None:
+            pipe.info["precision"] = _precision_info(precision, check)
+            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+            return pipe
+        log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
+        del pipe, model
+        fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal",
+                        phases=phases)
+        fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
+        fp32.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+        return fp32
+
+    @staticmethod
+    def _assemble(model_dir: Path, manifest: Manifest, doc: dict, backbone, dev: torch.device, dt: torch.dtype):
+        """Router, adapters (peft on `backbone`), heads, OOD statistics and the depth policy, checked."""
         router = Router.load(model_dir / "router")
         if sorted(router.crops) != sorted(manifest.crops):
             raise ModelLoadError(f"router in {model_dir / 'router'} knows crops {router.crops}, "
@@ -224,24 +294,7 @@ class Pipeline:
             if lacking:
                 raise ModelLoadError(f"model set {model_dir}: dynamic blocks are on, but the OOD statistics of "
                                      f"{', '.join(lacking)} lack blocks {sorted(exits)} (rebuild the set)")
-        pipe = cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
-                   adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
-                   load_seconds=time.perf_counter() - t0)
-        if precision.dtype == torch.float32 or not check_precision:
-            pipe.set_dtype(precision.dtype)
-            pipe.info["precision"] = _precision_info(precision, None)
-            return pipe
-        refusal, check = pipe._try_precision(precision.dtype)
-        if refusal is None:
-            pipe.info["precision"] = _precision_info(precision, check)
-            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
-            return pipe
-        log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
-        del pipe, model
-        fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal")
-        fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
-        fp32.info["load_seconds"] = round(time.perf_counter() - t0, 3)
-        return fp32
+        return model, view, router, adapters, policy
 
     def _try_precision(self, dtype: torch.dtype) -> tuple[str | None, dict | None]:
         """Cast the backbone to `dtype` if its decisions on the golden images match fp32's.

@@ -252,14 +252,17 @@ async def _diagnose_upload(request: Request, data: bytes, crop_hint: str | None)
         rt.metrics.observe_cache("hit" if cached is not None else "miss")
         if cached is not None:
             rt.metrics.observe_diagnosis(cached["decision"], cached["reason"])
-            # No decode, no queue, no forward pass: only the lookup (hashing included) took time.
-            cached.update(batch_size=0, timings={"cache": round((time.perf_counter() - started) * 1000.0, 3)})
+            # No decode, no queue, no forward pass (their timings are 0): only the lookup, hashing included.
+            timings = dict.fromkeys(cached.pop("model_timings"), 0.0)
+            timings["cache"] = round((time.perf_counter() - started) * 1000.0, 3)
+            cached.update(batch_size=0, timings=timings)
             return cached, "hit"
     image = await _decode(request, open_image, data)
     decode_ms = (time.perf_counter() - started) * 1000.0
     result = await _diagnose_one(rt, DiagnoseItem(image, crop_hint), decode_ms)
     if key is not None:
-        rt.cache.put(key, {k: v for k, v in result.items() if k not in ("timings", "batch_size")})
+        stored = {k: v for k, v in result.items() if k not in ("timings", "batch_size")}
+        rt.cache.put(key, {**stored, "model_timings": list(result["timings"])})
     return result, "miss" if key is not None else None
 
 
