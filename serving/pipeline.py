@@ -27,6 +27,7 @@ from serving.backbones import EncoderView, load_backbone, pick_device
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.manifest import Manifest
+from serving.mixed_adapters import MixedAdapters
 from serving.phases import Phases
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
@@ -143,6 +144,9 @@ class Pipeline:
         self.crops: dict[str, list[str]] = {c: list(a.classes) for c, a in adapters.items()}
         self.warmed = False
         self.phases = Phases()
+        # One adapter pass per mixed-crop batch (serving.mixed_adapters); False: one pass per crop.
+        self.mixed_adapters = True
+        self._mixed: MixedAdapters | None = None
         self.confidence_threshold = manifest.adapter_spec.confidence_threshold
         dyn = model_set.get("dynamic_depth") or {}
         self.info: dict = {
@@ -299,12 +303,19 @@ class Pipeline:
     def _try_precision(self, dtype: torch.dtype) -> tuple[str | None, dict | None]:
         """Cast the backbone to `dtype` if its decisions on the golden images match fp32's.
 
-        Returns (why it was refused or None, the measurement). The recorded held-out agreement of
-        the set (build time) is read first; the golden images are then run in fp32 and in `dtype`.
+        Returns (why it was refused or None, the measurement): the held-out agreement the set's
+        build recorded for bf16, or else the golden images run here in fp32 and in `dtype`.
         """
-        refusal = precision_mod.recorded_refusal(self.model_set)
-        if refusal is not None:
-            return refusal, None
+        target = precision_mod.AGREEMENT_TARGET
+        recorded = precision_mod.recorded_agreement(self.model_set)
+        if recorded is not None:  # measured at build time on the held-out split: no second run here
+            agreement, count = recorded
+            check = {"heldout_agreement": agreement, "heldout_images": count}
+            if agreement < target:
+                return (f"the model set records bf16/fp32 decision agreement {agreement:.4f} on {count} held-out "
+                        f"images, below {target}"), check
+            self.set_dtype(dtype)
+            return None, check
         images = self.golden_images()
         if not images:
             return f"the model set has no golden images ({GOLDEN_FILE}) to check bf16 against fp32", None
@@ -410,12 +421,9 @@ class Pipeline:
             disease: list[str | None] = [None] * n
             confidence: list[float | None] = [None] * n
             ood_score: list[float | None] = [None] * n
-            for crop in dict.fromkeys(crops):
-                members = [i for i in range(n) if crops[i] == crop]
+            groups = {crop: [i for i in range(n) if crops[i] == crop] for crop in dict.fromkeys(crops)}
+            for crop, members, feats, used in self._adapter_passes(pixels, crops, groups, policy):
                 adapter = self.adapters[crop]
-                self.model.set_adapter(crop)
-                feats, used = dynamic_depth.run(self.view, pixels[members], policy)
-                used = used.tolist()
                 idx, conf, score = _host(*adapter.predict(feats, used))
                 for j, i in enumerate(members):
                     disease[i] = adapter.classes[int(idx[j])]
@@ -430,6 +438,23 @@ class Pipeline:
             out.append(Diagnosis(decision, reason, crops[i], crop_conf[i], disease[i], confidence[i], ood_score[i],
                                  router_score[i], blocks[i], dict(timings)))
         return out
+
+    def _adapter_passes(self, pixels: torch.Tensor, crops: list, groups: dict[str, list[int]],
+                        policy: dynamic_depth.DepthPolicy):
+        """(crop, its rows, their features, blocks used) per crop group: one backbone pass for the whole
+        batch when it holds several crops (`mixed_adapters`), else one pass per crop."""
+        if self.mixed_adapters and len(groups) > 1:
+            if self._mixed is None:
+                self._mixed = MixedAdapters(self.model)
+            with self._mixed.rows([str(c) for c in crops]) as mixed:
+                feats, used = dynamic_depth.run(self.view, pixels, policy, on_drop=mixed.keep)
+            for crop, members in groups.items():
+                yield crop, members, feats[members], used[members].tolist()
+            return
+        for crop, members in groups.items():
+            self.model.set_adapter(crop)
+            feats, used = dynamic_depth.run(self.view, pixels[members], policy)
+            yield crop, members, feats, used.tolist()
 
     def _decide(self, router_score: float | None, ood_score: float, confidence: float) -> tuple[str, str | None]:
         if router_score is not None and router_score > 1.0:

@@ -56,27 +56,32 @@ def test_agreement_counts_equal_decisions():
         precision.decisions_agreement(a, b[:3])
 
 
-def test_a_recorded_low_agreement_rules_bf16_out():
+def test_the_recorded_agreement_is_read_only_for_a_bf16_build():
     low = {"dtype_agreement": {"serving_dtype": "bfloat16", "agreement": 0.99, "images": 200}}
-    assert "0.9900 on 200 held-out images" in precision.recorded_refusal(low)
-    assert precision.recorded_refusal({"dtype_agreement": {"serving_dtype": "bfloat16", "agreement": 1.0}}) is None
-    assert precision.recorded_refusal({"dtype_agreement": {"serving_dtype": "float32", "agreement": 1.0}}) is None
-    assert precision.recorded_refusal({}) is None
+    assert precision.recorded_agreement(low) == (0.99, 200)
+    assert precision.recorded_agreement({"dtype_agreement": {"serving_dtype": "float32", "agreement": 1.0}}) is None
+    assert precision.recorded_agreement({}) is None
 
 
 def _bf16_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx512_bf16"}))
-    # A tiny random set may record a low held-out agreement at build time; these tests check the start.
-    monkeypatch.setattr(precision, "recorded_refusal", lambda model_set: None)
+    # As a set built without bf16: the check runs at start, on the golden images.
+    monkeypatch.setattr(precision, "recorded_agreement", lambda model_set: None)
 
 
-def test_a_recorded_refusal_is_honoured_at_start(tiny_model_set, monkeypatch):
+@pytest.mark.parametrize("recorded,dtype", [((0.99, 20), "float32"), ((0.995, 200), "bfloat16")])
+def test_a_recorded_held_out_agreement_decides_without_a_second_run(tiny_model_set, monkeypatch, recorded, dtype):
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx512_bf16"}))
-    monkeypatch.setattr(precision, "recorded_refusal", lambda model_set: "recorded 0.9 on 20 held-out images")
+    monkeypatch.setattr(precision, "recorded_agreement", lambda model_set: recorded)
     monkeypatch.setattr(precision, "decisions_agreement", lambda a, b: pytest.fail("no golden run needed"))
     ms = tiny_model_set("dinov2")
     pipe = Pipeline.load(ms.path, ms.manifest(), device="cpu")
-    assert pipe.info["dtype"] == "float32" and pipe.info["precision"]["refused"] == "recorded 0.9 on 20 held-out images"
+    info = pipe.info["precision"]
+    assert pipe.info["dtype"] == info["dtype"] == dtype
+    assert info["check"] == {"heldout_agreement": recorded[0], "heldout_images": recorded[1]}
+    assert (info["refused"] is None) == (dtype == "bfloat16")
+    if info["refused"]:
+        assert "0.9900 on 20 held-out images, below 0.995" in info["refused"]
 
 
 def test_auto_serves_bf16_after_checking_the_golden_images(tiny_model_set, monkeypatch):
