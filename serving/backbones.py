@@ -123,7 +123,14 @@ def _load_direct(directory: Path, model_cls, config) -> torch.nn.Module | None:
     caller falls back to `from_pretrained` and its conversions.
     """
     from safetensors.torch import load_file
-    from transformers.initialization import no_init_weights
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers before 5.x kept it in modeling_utils
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return None
 
     index = directory / "model.safetensors.index.json"
     try:

@@ -5,14 +5,17 @@
     pipe.diagnose([image], [None])  ->  [Diagnosis(decision="accept", crop="tomato", ...)]
 
 One batched call serves many images. Images without a crop hint go through the router (base
-backbone, no adapter); then every crop group goes through its own LoRA adapter. The fields of
-a Diagnosis always carry the model's best guess; `decision` says whether to trust it.
+backbone, no adapter); then the whole batch goes through the backbone once more with each row's
+own LoRA adapter (serving.mixed_adapters). The fields of a Diagnosis always carry the model's
+best guess; `decision` says whether to trust it. The backbone runs in bf16 where the hardware
+has it and the set decides as in fp32 (serving.precision); pooling, heads and OOD in fp32.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,8 +90,6 @@ class _HashCheck:
     """`verify_hashes` in a thread; `result()` waits for it and raises its ModelLoadError."""
 
     def __init__(self, root: Path, expected: dict[str, str], what: str):
-        import threading
-
         self.error: ModelLoadError | None = None
         self.seconds = 0.0
         self._thread = threading.Thread(target=self._run, args=(root, expected, what), name="hash-check", daemon=True)
@@ -316,10 +317,12 @@ class Pipeline:
                         f"images, below {target}"), check
             self.set_dtype(dtype)
             return None, check
-        images = self.golden_images()
+        images, recorded = self.golden_images(with_decisions=True)
         if not images:
             return f"the model set has no golden images ({GOLDEN_FILE}) to check bf16 against fp32", None
-        reference = self.decisions(images)
+        # Golden decisions recorded in fp32 are the reference as they stand: one pass (in bf16) is enough.
+        fp32_recorded = (self.model_set.get("golden") or {}).get("dtype") == "float32"
+        reference = recorded if fp32_recorded else self.decisions(images)
         self.set_dtype(dtype)
         got = self.decisions(images)
         self.warmed = True
@@ -336,20 +339,23 @@ class Pipeline:
         self.dtype = dtype
         self.info["dtype"] = str(dtype).removeprefix("torch.")
 
-    def golden_images(self) -> list[Image.Image]:
-        """The set's golden images (held-out images with recorded decisions); [] when it has none."""
+    def golden_images(self, with_decisions: bool = False):
+        """The set's golden images (held-out images with recorded decisions); [] when it has none.
+
+        With `with_decisions`: (images, their recorded (decision, reason, crop, disease)).
+        """
         path = self.model_dir / GOLDEN_FILE
-        if not path.is_file():
-            return []
-        try:
-            rows = json.loads(path.read_text())
-            images = []
-            for row in rows:
-                with Image.open(path.parent / row["image"]) as im:
-                    images.append(im.convert("RGB"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelLoadError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
-        return images
+        images: list[Image.Image] = []
+        recorded: list[tuple] = []
+        if path.is_file():
+            try:
+                for row in json.loads(path.read_text()):
+                    with Image.open(path.parent / row["image"]) as im:
+                        images.append(im.convert("RGB"))
+                    recorded.append((row["decision"], row["reason"], row["crop"], row["disease"]))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ModelLoadError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+        return (images, recorded) if with_decisions else images
 
     def decisions(self, images: list[Image.Image], batch_size: int = 32) -> list[tuple]:
         """(decision, reason, crop, disease) of each image, routed: what two precisions must agree on."""

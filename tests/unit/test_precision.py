@@ -134,3 +134,14 @@ def test_a_set_without_golden_images_is_served_in_fp32(tiny_model_set, monkeypat
     shutil.rmtree(copy / "golden")
     pipe = Pipeline.load(copy, ms.manifest(), device="cpu", verify=False)
     assert pipe.info["dtype"] == "float32" and "no golden images" in pipe.info["precision"]["refused"]
+
+
+def test_golden_decisions_recorded_in_fp32_need_one_pass_only(tiny_model_set, monkeypatch):
+    _bf16_cpu(monkeypatch)
+    ms = tiny_model_set("dinov3")
+    passes = []
+    real = Pipeline.decisions
+    monkeypatch.setattr(Pipeline, "decisions", lambda self, images, *a: passes.append(self.dtype) or real(self, images, *a))
+    pipe = Pipeline.load(ms.path, ms.manifest(), device="cpu")
+    assert pipe.model_set["golden"]["dtype"] == "float32"  # built sets record golden decisions in fp32
+    assert passes == [torch.bfloat16]  # compared with the recorded decisions, no fp32 rerun
