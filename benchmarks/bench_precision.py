@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from serving.backbones import EncoderView, REAL_SIZES, real_size_backbone  # noqa: E402
-from serving.precision import cpu_flags  # noqa: E402
+from serving.backbones import REAL_SIZES, EncoderView, real_size_backbone
+from serving.precision import cpu_flags
 
 NAMES = {("dinov3", "S"): "ViT-S/16", ("dinov3", "B"): "ViT-B/16", ("dinov2", "S"): "ViT-S/14",
          ("dinov2", "B"): "ViT-B/14"}

@@ -22,7 +22,7 @@ class MixedAdapters:
         self.names: list[str] = []
 
     @contextlib.contextmanager
-    def rows(self, names: list[str]) -> Iterator["MixedAdapters"]:
+    def rows(self, names: list[str]) -> Iterator[MixedAdapters]:
         """Within the block, row i of every batch through the model uses adapter names[i]."""
         self.names = list(names)
         hooks = [layer.register_forward_pre_hook(self._inject, with_kwargs=True) for layer in self.layers]

@@ -10,6 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class Phases:
@@ -37,9 +38,9 @@ class Phases:
 def seconds_since_process_start() -> float | None:
     """Seconds since this process started (Linux /proc), or None where that cannot be read."""
     try:
-        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started_ticks = int(fields[19])  # field 22 of stat(5): start time in clock ticks after boot
-        uptime = float(open("/proc/uptime").read().split()[0])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
         return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from serving import dynamic_depth, synthetic
-from serving.pipeline import Pipeline
 from serving.mixed_adapters import MixedAdapters
+from serving.pipeline import Pipeline
 
 
 def _mixed_batch(manifest, per_class=2):
