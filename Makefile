@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install engine kubectl prometheus-tools models images demo test test-unit test-integration \
-        bench-serving bench-backbones bench-images bench-switch bench-backup bench-upload-memory gpu-check \
+        bench-serving bench-backbones bench-ready bench-images bench-switch bench-backup bench-upload-memory gpu-check \
         mutation clean help
 
 help:  ## list the targets
@@ -80,9 +80,13 @@ lint: install  ## ruff + the import contract (which package may import which; [t
 bench-serving: install  ## HTTP vs in-process vs naive serving
 	$(PY) benchmarks/bench_serving.py
 
-bench-backbones: install  ## DINOv3 vs DINOv2 latency/throughput/memory, dynamic depth
+bench-backbones: install  ## DINOv3 vs DINOv2 latency/throughput/memory, fp32 vs bf16, dynamic depth
 	$(PY) benchmarks/bench_backbones.py
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_dynamic_depth.py
+
+bench-ready: install models  ## time to /ready with its phases: this tree vs the service before the speed work
+	$(PY) benchmarks/bench_ready.py
 
 bench-images: install engine models  ## image size per version/variant, layers shared by the versions, cold vs cached build
 	$(PY) benchmarks/bench_images.py

@@ -8,7 +8,13 @@ For each backbone family (a ViT-S/16-sized DINOv3 and a ViT-S/14-sized DINOv2, r
   (b) naive      `python -m serving` with AADS_MAX_BATCH_SIZE=1: the same app, one forward pass
                  per request, requests served one after another (what a handler calling the model
                  directly gives, minus threads fighting over the cores);
-  (c) batched    `python -m serving` with micro-batching (AADS_MAX_BATCH_SIZE=8, AADS_MAX_WAIT_MS=5).
+  (c) batched    `python -m serving` with micro-batching (AADS_MAX_BATCH_SIZE=8, AADS_MAX_WAIT_MS=5);
+  (d) today      (c) from the `serving/` of `--baseline` (a git ref: the service before the speed
+                 work, fp32, one adapter pass per crop), same venv, same load, 32 clients;
+  (e) cache hit  (c) with its response cache on: one upload primed, then sent again one at a time.
+
+The response cache is off in (b), (c) and (d): the request bodies repeat, and cached answers
+would measure the cache, not the model.
 
 Each service is a real process on 127.0.0.1; closed-loop clients (1, 8, 32 at a time) POST
 /v1/diagnose with a base64 JPEG (320x320, no crop_hint, so router + adapter passes) and send
@@ -139,7 +145,7 @@ def measure_raw(model_dir: Path, family: str, images: list, batch_sizes: tuple[i
     info = dict(pipeline.info)
     del pipeline
     return {"by_batch": out, "num_blocks": info.get("num_blocks"), "hidden_size": info.get("hidden_size"),
-            "dynamic_blocks": info.get("dynamic_blocks")}
+            "dynamic_blocks": info.get("dynamic_blocks"), "precision": info.get("dtype")}
 
 
 # -- (b), (c) a real service under closed-loop clients -----------------------------------------
@@ -154,15 +160,17 @@ def free_port() -> int:
 class Service:
     """`python -m serving` on a free 127.0.0.1 port; always stopped (SIGTERM, then kill) on exit."""
 
-    def __init__(self, model_dir: Path, family: str, max_batch: int, max_wait_ms: float, threads: int):
+    def __init__(self, model_dir: Path, family: str, max_batch: int, max_wait_ms: float, threads: int,
+                 code: Path = ROOT, cache: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "AADS_HOST": "127.0.0.1", "AADS_PORT": str(self.port),
                "AADS_MODEL_DIR": str(model_dir), "AADS_MANIFEST_DIR": str(ROOT / "versions" / FAMILIES[family]),
                "AADS_MAX_BATCH_SIZE": str(max_batch), "AADS_MAX_WAIT_MS": str(max_wait_ms),
                "AADS_QUEUE_SIZE": "256", "AADS_DEVICE": "cpu", "AADS_LOG_LEVEL": "warning",
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(code),
+               "AADS_CACHE_ENTRIES": "1024" if cache else "0"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=code, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def wait_ready(self, timeout: float = 180) -> None:
@@ -252,14 +260,38 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def measure_service(model_dir: Path, family: str, bodies: list[bytes], max_batch: int, max_wait_ms: float,
-                    seconds: float, max_requests: int, label: str, threads: int) -> dict:
+                    seconds: float, max_requests: int, label: str, threads: int, code: Path = ROOT,
+                    levels: tuple[int, ...] = CONCURRENCY) -> dict:
     out = {}
-    with Service(model_dir, family, max_batch, max_wait_ms, threads) as service:
-        for clients in CONCURRENCY:
+    with Service(model_dir, family, max_batch, max_wait_ms, threads, code=code) as service:
+        for clients in levels:
             r = asyncio.run(closed_loop(service.url, bodies, clients, seconds, max_requests))
             out[str(clients)] = r
             say(f"{family} {label:<7} {clients:>2} clients: {r['requests_per_s']:6.2f} req/s, "
                 f"p50 {r['p50_ms']:7.0f} ms, p99 {r['p99_ms']:7.0f} ms ({r['requests']} requests, {r['statuses']})")
+    return out
+
+
+def measure_cache_hit(model_dir: Path, family: str, body: bytes, max_batch: int, max_wait_ms: float,
+                      threads: int, requests: int = 50) -> dict:
+    """Latency of answers from the response cache: one upload sent once (a miss), then `requests` times."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    with Service(model_dir, family, max_batch, max_wait_ms, threads, cache=True) as service:
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            t0 = time.perf_counter()
+            first = client.post("/v1/diagnose", content=body, headers=headers)
+            miss_ms = (time.perf_counter() - t0) * 1000
+            latencies, states = [], {}
+            for _ in range(requests):
+                t0 = time.perf_counter()
+                r = client.post("/v1/diagnose", content=body, headers=headers)
+                latencies.append(time.perf_counter() - t0)
+                states[r.headers.get("x-cache", "none")] = states.get(r.headers.get("x-cache", "none"), 0) + 1
+    out = {"miss_ms": miss_ms, "first_x_cache": first.headers.get("x-cache"), "hit_p50_ms": percentile(latencies, 50) * 1000,
+           "hit_p99_ms": percentile(latencies, 99) * 1000, "x_cache": states, "requests": requests}
+    say(f"{family} cache: miss {miss_ms:.0f} ms, hit p50 {out['hit_p50_ms']:.1f} ms, p99 {out['hit_p99_ms']:.1f} ms {states}")
     return out
 
 
@@ -317,6 +349,14 @@ def summarize(results: dict) -> list[str]:
                 f"| {n['p50_ms']:.0f} / {n['p99_ms']:.0f} | {raw_ips:.2f} ({raw_b}) "
                 f"| {b['requests_per_s'] / raw_ips:.0%} | {b['requests_per_s'] / n['requests_per_s']:.2f}x |")
         t = r["targets_at_32"]
+        if "today" in r:
+            today, hit = r["today"]["32"], r["cache_hit"]
+            lines += ["", f"Against today's service (`serving/` of {results['baseline']}, same venv and load, cache off in "
+                      f"both, 32 clients, mixed-crop load without crop_hint): **{r['batched']['32']['requests_per_s']:.2f}** "
+                      f"vs {today['requests_per_s']:.2f} req/s = **{t['vs_today']:.2f}x** (target >= 2x: "
+                      f"{'met' if t['vs_today'] >= 2 else 'NOT met'}); precision served: {r['precision']}. "
+                      f"Cache hit: p50 **{hit['hit_p50_ms']:.1f} ms**, p99 {hit['hit_p99_ms']:.1f} ms "
+                      f"(the same upload's miss: {hit['miss_ms']:.0f} ms)."]
         lines += ["", f"At 32 clients: batched = **{t['vs_raw']:.0%}** of the raw batched pass (target >= 80%: "
                   f"{'met' if t['vs_raw'] >= 0.8 else 'NOT met'}), **{t['vs_naive']:.2f}x** the naive service "
                   f"(target >= 2x: {'met' if t['vs_naive'] >= 2 else 'NOT met'}). "
@@ -377,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="intra-op threads for the raw pass and the services (OMP_NUM_THREADS); 0 = the core count, "
                         "or 1 when the machine is already oversubscribed (load average above the core count)")
     p.add_argument("--models", type=Path, default=ROOT / "build" / "bench-models")
+    p.add_argument("--baseline", default="27b3114",
+                   help="git ref whose serving/ is 'today's service' (default 27b3114, before the speed work); "
+                        "'none' skips (d)")
     p.add_argument("--json-out", type=Path, default=ROOT / "docs" / "benchmarks" / "serving.json")
     p.add_argument("--md", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print the section, write nothing under docs/")
@@ -402,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(start_load),
         "load_average_start": round(start_load, 1),
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "concurrency": list(CONCURRENCY),
+        "baseline": args.baseline,
         "torch_threads": threads, "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests, "families": {},
     }
     for family in families:
@@ -411,10 +455,24 @@ def main(argv: list[str] | None = None) -> int:
         batched = measure_service(model_dir, family, bodies, args.max_batch, args.max_wait_ms, args.seconds,
                                   args.max_requests, "batched", threads)
         at32 = batched["32"]["requests_per_s"]
-        results["families"][family] = {
+        extra: dict[str, Any] = {}
+        if args.baseline != "none":
+            import tempfile
+
+            from benchmarks.bench_ready import extract
+
+            with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+                today = measure_service(model_dir, family, bodies, args.max_batch, args.max_wait_ms, args.seconds,
+                                        args.max_requests, "today", threads, code=extract(args.baseline, Path(tmp)),
+                                        levels=(32,))
+            extra = {"today": today, "cache_hit": measure_cache_hit(model_dir, family, bodies[0], args.max_batch,
+                                                                    args.max_wait_ms, threads),
+                     "precision": raw.get("precision")}
+        results["families"][family] = {**extra,
             "version": FAMILIES[family], "raw": raw, "naive": naive, "batched": batched,
             "targets_at_32": {"vs_raw": at32 / raw["by_batch"][str(args.max_batch)]["images_per_s"],
-                              "vs_naive": at32 / naive["32"]["requests_per_s"]},
+                              "vs_naive": at32 / naive["32"]["requests_per_s"],
+                              **({"vs_today": at32 / extra["today"]["32"]["requests_per_s"]} if extra else {})},
             "load_average_after": round(os.getloadavg()[0], 1),
         }
     results["wall_s"] = time.perf_counter() - t0

@@ -13,7 +13,7 @@ a rerun after an interruption goes on where it stopped (an adapter from its last
 copy the checkpoint; split every class into train / held-out; train the crop router (linear probe
 + OOD statistics on base-backbone features); train one LoRA adapter + head per crop; calibrate
 every OOD threshold and the early-exit threshold on HELD-OUT images; measure how often the
-serving dtype (bf16 on a GPU) decides as fp32 does; record the golden set (held-out images and
+serving dtype (bf16 where the hardware has it) decides as fp32 does; record the golden set (held-out images and
 their decisions); hash every file into model_set.json; then move the set to --out. Images are
 decoded from disk batch by batch, never all held in memory.
 """
@@ -181,7 +181,7 @@ def build(version_dir: str | Path, backbone_dir: str | Path, data_dir: str | Pat
     held = _heldout_sample(data, splits, options.calibration_images)
     if manifest.dynamic_blocks.enabled:
         say(f"calibrating the early-exit threshold on {len(held)} held-out images")
-        pipe = Pipeline.load(work, manifest, device=device, verify=False)
+        pipe = Pipeline.load(work, manifest, device=device, verify=False, dtype="float32")
         result = pipe.calibrate_depth(_open_all(held))
         dyn = manifest.dynamic_blocks
         doc["dynamic_depth"] = {"enabled": True, "min_blocks": pipe.policy.min_blocks,
@@ -271,7 +271,8 @@ def dtype_agreement(model_dir: Path, manifest: Manifest, images: list[Image.Imag
                     batch_size: int = 32, serving_dtype: str | None = None) -> dict:
     """Share of `images` whose decision (decision, reason, crop, disease) is the same in the dtype the
     service will run in on `device` (or `serving_dtype`) and in fp32. Target: >= 99.5%."""
-    serving = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype=serving_dtype)
+    serving = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype=serving_dtype,
+                            check_precision=False)
     dtype = serving.info["dtype"]
     result = {"serving_dtype": dtype, "device": str(serving.device), "images": len(images),
               "target": DTYPE_AGREEMENT_TARGET}
@@ -310,7 +311,8 @@ def _record_golden(work: Path, manifest: Manifest, data: dict, splits: dict, per
             name = f"{crop}-{manifest.crops[crop][labels[i]]}-{n}{paths[i].suffix.lower()}"
             shutil.copyfile(paths[i], gdir / name)
             chosen.append((name, gdir / name))
-    pipe = Pipeline.load(work, manifest, device=device, verify=False)
+    # The reference decisions are fp32's: any other precision is held to agree with them.
+    pipe = Pipeline.load(work, manifest, device=device, verify=False, dtype="float32")
     got = pipe.diagnose(_open_all([p for _n, p in chosen]), [None] * len(chosen))
     rows = [{"image": name, "sha256": sha256_file(path), "decision": d.decision, "reason": d.reason,
              "crop": d.crop, "disease": d.disease, "confidence": round(d.confidence, 4),

@@ -38,9 +38,12 @@ class DepthPolicy:
 FULL_DEPTH = DepthPolicy(False, 0, NEVER)
 
 
-def run(view: EncoderView, pixel_values: torch.Tensor, policy: DepthPolicy = FULL_DEPTH
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features (n, 2*hidden) float32 and blocks used per sample (n,) long (on the CPU)."""
+def run(view: EncoderView, pixel_values: torch.Tensor, policy: DepthPolicy = FULL_DEPTH,
+        on_drop: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (n, 2*hidden) float32 and blocks used per sample (n,) long (on the CPU).
+
+    `on_drop(keep)` hears of every early exit: `keep` is the mask of the rows that stay.
+    """
     hidden, kwargs = view.embed(pixel_values)
     n, num_layers = hidden.shape[0], view.num_layers
     feats = torch.empty(n, view.feature_dim, dtype=torch.float32, device=hidden.device)
@@ -60,6 +63,8 @@ def run(view: EncoderView, pixel_values: torch.Tensor, policy: DepthPolicy = FUL
                     blocks[active[done].cpu()] = depth
                     keep = ~done
                     hidden, active, pooled = hidden[keep], active[keep], pooled[keep]
+                    if on_drop is not None:
+                        on_drop(keep)
                     if hidden.shape[0] == 0:
                         return feats, blocks
             prev = pooled

@@ -10,6 +10,10 @@
     aads_model_state{state}                       1 for the current state (starting/ready/failed/stopping)
     aads_diagnoses_total{decision,reason}         diagnoses returned
     aads_model_info{version,family,model_id,random_init}   always 1; the labels say what is served
+    aads_cache_lookups_total{result}              response cache lookups (hit / miss)
+    aads_cache_hit_ratio                          hits / lookups since start (0 before any)
+    aads_cache_entries, aads_cache_bytes          what the response cache holds now
+    aads_ready_phase_seconds{phase}               time of each start-up phase until /ready
   per-version model behaviour (the canary analysis and the dashboard compare these between versions):
     aads_decisions_total{decision,crop,disease}   every diagnosis by what it decided ("none" for no crop/disease)
     aads_ood_score{crop}                          OOD score histogram (distance / threshold: > 1 = unfamiliar)
@@ -81,6 +85,30 @@ class ServiceMetrics:
             "aads_model_info", "What is served (always 1)", ["version", "family", "model_id", "random_init"], registry=r
         )
         self._init_model_series(r)
+
+        # Speed: the response cache and the phases of a start (serving.response_cache, serving.runtime).
+        self.cache_lookups = Counter("aads_cache_lookups", "Response cache lookups", ["result"], registry=r)
+        self.cache_hit_ratio = Gauge("aads_cache_hit_ratio", "Response cache hits / lookups since start", registry=r)
+        self.cache_entries = Gauge("aads_cache_entries", "Entries in the response cache", registry=r)
+        self.cache_bytes = Gauge("aads_cache_bytes", "Bytes held by the response cache", registry=r)
+        self.ready_phase_seconds = Gauge(
+            "aads_ready_phase_seconds", "Seconds of each start-up phase until ready", ["phase"], registry=r
+        )
+
+    def observe_cache(self, result: str) -> None:
+        self.cache_lookups.labels(result=result).inc()
+
+    def track_cache(self, cache) -> None:
+        """Read entries, bytes and the hit ratio from `cache` (a ResponseCache) at every scrape."""
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result=result)  # both series exist from the start
+        self.cache_entries.set_function(lambda: len(cache))
+        self.cache_bytes.set_function(lambda: cache.bytes)
+        self.cache_hit_ratio.set_function(lambda: cache.hits / max(1, cache.hits + cache.misses))
+
+    def set_ready_phases(self, phases: dict[str, float]) -> None:
+        for phase, seconds in phases.items():
+            self.ready_phase_seconds.labels(phase=phase).set(seconds)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method=method, route=route, status=str(status)).inc()

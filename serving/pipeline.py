@@ -5,12 +5,17 @@
     pipe.diagnose([image], [None])  ->  [Diagnosis(decision="accept", crop="tomato", ...)]
 
 One batched call serves many images. Images without a crop hint go through the router (base
-backbone, no adapter); then every crop group goes through its own LoRA adapter. The fields of
-a Diagnosis always carry the model's best guess; `decision` says whether to trust it.
+backbone, no adapter); then the whole batch goes through the backbone once more with each row's
+own LoRA adapter (serving.mixed_adapters). The fields of a Diagnosis always carry the model's
+best guess; `decision` says whether to trust it. The backbone runs in bf16 where the hardware
+has it and the set decides as in fp32 (serving.precision); pooling, heads and OOD in fp32.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +25,13 @@ from PIL import Image
 
 from serving import dynamic_depth
 from serving import ood as ood_mod
-from serving.backbones import EncoderView, choose_device_dtype, load_backbone
+from serving import precision as precision_mod
+from serving.backbones import EncoderView, load_backbone, pick_device
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.manifest import Manifest
+from serving.mixed_adapters import MixedAdapters
+from serving.phases import Phases
 from serving.preprocess import PATCH_SIZE, Preprocess
 from serving.router import Router
 from serving.train import OOD_FILE, StandardisedHead
@@ -31,6 +39,8 @@ from serving.train import OOD_FILE, StandardisedHead
 __all__ = ["Diagnosis", "ModelLoadError", "Pipeline", "MODEL_SET_FILE", "RANDOM_INIT_NOTICE"]
 
 MODEL_SET_FILE = "model_set.json"
+GOLDEN_FILE = "golden/golden.json"
+log = logging.getLogger("serving.pipeline")
 RANDOM_INIT_NOTICE = ("demo model: the backbone is randomly initialized (not pretrained DINO weights) and the "
                       "adapters were trained on synthetic images; its diagnoses mean nothing for real plants")
 
@@ -76,6 +86,36 @@ def _host(*tensors: torch.Tensor) -> list[list]:
     return [t.detach().to("cpu").tolist() for t in tensors]
 
 
+class _HashCheck:
+    """`verify_hashes` in a thread; `result()` waits for it and raises its ModelLoadError."""
+
+    def __init__(self, root: Path, expected: dict[str, str], what: str):
+        self.error: ModelLoadError | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(root, expected, what), name="hash-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path, expected: dict[str, str], what: str) -> None:
+        started = time.perf_counter()
+        try:
+            verify_hashes(root, expected, what)
+        except ModelLoadError as e:
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def result(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _precision_info(precision: precision_mod.Precision, check: dict | None) -> dict:
+    return {"dtype": precision.name, "requested": precision.requested, "source": precision.source,
+            "reason": precision.reason, "agreement_target": precision_mod.AGREEMENT_TARGET, "check": check,
+            "refused": None}
+
+
 def read_model_set(model_dir: Path) -> dict:
     path = model_dir / MODEL_SET_FILE
     if not model_dir.is_dir():
@@ -103,6 +143,11 @@ class Pipeline:
         self.model, self.view, self.router, self.adapters = model, view, router, adapters
         self.preprocess, self.policy, self.device, self.dtype = preprocess, policy, device, dtype
         self.crops: dict[str, list[str]] = {c: list(a.classes) for c, a in adapters.items()}
+        self.warmed = False
+        self.phases = Phases()
+        # One adapter pass per mixed-crop batch (serving.mixed_adapters); False: one pass per crop.
+        self.mixed_adapters = True
+        self._mixed: MixedAdapters | None = None
         self.confidence_threshold = manifest.adapter_spec.confidence_threshold
         dyn = model_set.get("dynamic_depth") or {}
         self.info: dict = {
@@ -125,12 +170,18 @@ class Pipeline:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True,
-             dtype: str | None = None) -> "Pipeline":
+             dtype: str | None = None, dtype_source: str = "caller", check_precision: bool = True,
+             phases: Phases | None = None) -> "Pipeline":
         """Load and verify a model set (offline). Raises ModelLoadError naming the bad path.
 
-        `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32.
+        `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32;
+        `dtype_source` names who asked for it in logs and `info["precision"]`. bf16 is only kept if
+        it decides as fp32 does (serving.precision): otherwise the set is served in fp32;
+        `check_precision=False` skips that check (tools that measure the agreement themselves).
+        `phases` receives the seconds spent hashing, reading weights, building, checking precision.
         """
         t0 = time.perf_counter()
+        phases = Phases() if phases is None else phases
         model_dir = Path(model_dir)
         doc = read_model_set(model_dir)
         family = manifest.backbone.family
@@ -142,8 +193,10 @@ class Pipeline:
         for part in ["backbone", "router"] + [f"adapters/{c}" for c in manifest.crops]:
             if not (model_dir / part).is_dir():
                 raise ModelLoadError(f"model set {model_dir}: directory {model_dir / part} is missing")
-        if verify:
-            verify_hashes(model_dir, doc["files"], f"model set {model_dir}")
+        # Hashing runs beside the loading (hashlib releases the GIL on large reads); the set is not
+        # served until it has passed: a mismatch fails the load below. Everything parsed meanwhile
+        # is safetensors or JSON, never pickle.
+        hashing = _HashCheck(model_dir, doc["files"], f"model set {model_dir}") if verify else None
         try:
             pre = doc["preprocess"]
             preprocess = Preprocess(family, int(pre["image_size"]), int(pre["resize_size"]),
@@ -161,9 +214,49 @@ class Pipeline:
                                  f"{manifest.backbone.model_id} nor one of its variants")
         if not doc.get("random_init"):  # a demo stand-in is smaller than the model it stands for
             check_config_matches(read_config(model_dir / "backbone"), family, model_id, f"model set {model_dir}")
-        dev, dt = choose_device_dtype(device, dtype or manifest.backbone.dtype)
-        # Loaded on the CPU with its adapters, then moved as a whole (peft loads into real tensors).
-        backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
+        dev = pick_device(device)
+        precision = precision_mod.choose(dev, dtype or manifest.backbone.dtype, dtype_source if dtype else "manifest")
+        # Loaded in fp32 on the CPU with its adapters, then moved as a whole (peft loads into real
+        # tensors); cast to bf16 only after the fp32 decisions on the golden images are known.
+        dt = torch.float32
+        try:
+            with phases.phase("read_weights"):
+                backbone = load_backbone(model_dir / "backbone", family, "cpu", dt)
+            with phases.phase("build_model"):
+                model, view, router, adapters, policy = cls._assemble(model_dir, manifest, doc, backbone, dev, dt)
+        except ModelLoadError:
+            if hashing is not None:
+                hashing.result()  # a file that fails its hash explains a broken load best
+            raise
+        if hashing is not None:
+            with phases.phase("hash_wait"):
+                hashing.result()
+            phases.add("hash", hashing.seconds)
+        pipe = cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
+                   adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
+                   load_seconds=time.perf_counter() - t0)
+        pipe.phases = phases
+        if precision.dtype == torch.float32 or not check_precision:
+            pipe.set_dtype(precision.dtype)
+            pipe.info["precision"] = _precision_info(precision, None)
+            return pipe
+        with phases.phase("precision_check"):
+            refusal, check = pipe._try_precision(precision.dtype)
+        if refusal is None:
+            pipe.info["precision"] = _precision_info(precision, check)
+            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+            return pipe
+        log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
+        del pipe, model
+        fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal",
+                        phases=phases)
+        fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
+        fp32.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+        return fp32
+
+    @staticmethod
+    def _assemble(model_dir: Path, manifest: Manifest, doc: dict, backbone, dev: torch.device, dt: torch.dtype):
+        """Router, adapters (peft on `backbone`), heads, OOD statistics and the depth policy, checked."""
         router = Router.load(model_dir / "router")
         if sorted(router.crops) != sorted(manifest.crops):
             raise ModelLoadError(f"router in {model_dir / 'router'} knows crops {router.crops}, "
@@ -206,12 +299,78 @@ class Pipeline:
             if lacking:
                 raise ModelLoadError(f"model set {model_dir}: dynamic blocks are on, but the OOD statistics of "
                                      f"{', '.join(lacking)} lack blocks {sorted(exits)} (rebuild the set)")
-        return cls(manifest=manifest, model_set=doc, model_dir=model_dir, model=model, view=view, router=router,
-                   adapters=adapters, preprocess=preprocess, policy=policy, device=dev, dtype=dt,
-                   load_seconds=time.perf_counter() - t0)
+        return model, view, router, adapters, policy
+
+    def _try_precision(self, dtype: torch.dtype) -> tuple[str | None, dict | None]:
+        """Cast the backbone to `dtype` if its decisions on the golden images match fp32's.
+
+        Returns (why it was refused or None, the measurement): the held-out agreement the set's
+        build recorded for bf16, or else the golden images run here in fp32 and in `dtype`.
+        """
+        target = precision_mod.AGREEMENT_TARGET
+        recorded = precision_mod.recorded_agreement(self.model_set)
+        if recorded is not None:  # measured at build time on the held-out split: no second run here
+            agreement, count = recorded
+            check = {"heldout_agreement": agreement, "heldout_images": count}
+            if agreement < target:
+                return (f"the model set records bf16/fp32 decision agreement {agreement:.4f} on {count} held-out "
+                        f"images, below {target}"), check
+            self.set_dtype(dtype)
+            return None, check
+        images, recorded = self.golden_images(with_decisions=True)
+        if not images:
+            return f"the model set has no golden images ({GOLDEN_FILE}) to check bf16 against fp32", None
+        # Golden decisions recorded in fp32 are the reference as they stand: one pass (in bf16) is enough.
+        fp32_recorded = (self.model_set.get("golden") or {}).get("dtype") == "float32"
+        reference = recorded if fp32_recorded else self.decisions(images)
+        self.set_dtype(dtype)
+        got = self.decisions(images)
+        self.warmed = True
+        agreement = precision_mod.decisions_agreement(got, reference)
+        check = {"golden_agreement": agreement, "golden_images": len(images)}
+        if agreement < precision_mod.AGREEMENT_TARGET:
+            return (f"bf16 and fp32 decisions agree on {agreement:.4f} of {len(images)} golden images, "
+                    f"below {precision_mod.AGREEMENT_TARGET}"), check
+        return None, check
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Hold the backbone and its adapters in `dtype` (pooling, heads and OOD stay fp32)."""
+        self.model.to(dtype=dtype)
+        self.dtype = dtype
+        self.info["dtype"] = str(dtype).removeprefix("torch.")
+
+    def golden_images(self, with_decisions: bool = False):
+        """The set's golden images (held-out images with recorded decisions); [] when it has none.
+
+        With `with_decisions`: (images, their recorded (decision, reason, crop, disease)).
+        """
+        path = self.model_dir / GOLDEN_FILE
+        images: list[Image.Image] = []
+        recorded: list[tuple] = []
+        if path.is_file():
+            try:
+                for row in json.loads(path.read_text()):
+                    with Image.open(path.parent / row["image"]) as im:
+                        images.append(im.convert("RGB"))
+                    recorded.append((row["decision"], row["reason"], row["crop"], row["disease"]))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ModelLoadError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+        return (images, recorded) if with_decisions else images
+
+    def decisions(self, images: list[Image.Image], batch_size: int = 32) -> list[tuple]:
+        """(decision, reason, crop, disease) of each image, routed: what two precisions must agree on."""
+        out: list[tuple] = []
+        for b in range(0, len(images), batch_size):
+            chunk = images[b:b + batch_size]
+            out += [(d.decision, d.reason, d.crop, d.disease) for d in self.diagnose(chunk, [None] * len(chunk))]
+        return out
 
     # ---------------------------------------------------------------- serving
     def warmup(self) -> None:
+        """One pass through the router and an adapter; skipped when the precision check just ran both."""
+        if self.warmed:
+            return
+        self.warmed = True
         blank = Image.new("RGB", (self.preprocess.image_size, self.preprocess.image_size), (128, 128, 128))
         self.diagnose([blank], [None])
 
@@ -268,12 +427,9 @@ class Pipeline:
             disease: list[str | None] = [None] * n
             confidence: list[float | None] = [None] * n
             ood_score: list[float | None] = [None] * n
-            for crop in dict.fromkeys(crops):
-                members = [i for i in range(n) if crops[i] == crop]
+            groups = {crop: [i for i in range(n) if crops[i] == crop] for crop in dict.fromkeys(crops)}
+            for crop, members, feats, used in self._adapter_passes(pixels, crops, groups, policy):
                 adapter = self.adapters[crop]
-                self.model.set_adapter(crop)
-                feats, used = dynamic_depth.run(self.view, pixels[members], policy)
-                used = used.tolist()
                 idx, conf, score = _host(*adapter.predict(feats, used))
                 for j, i in enumerate(members):
                     disease[i] = adapter.classes[int(idx[j])]
@@ -288,6 +444,23 @@ class Pipeline:
             out.append(Diagnosis(decision, reason, crops[i], crop_conf[i], disease[i], confidence[i], ood_score[i],
                                  router_score[i], blocks[i], dict(timings)))
         return out
+
+    def _adapter_passes(self, pixels: torch.Tensor, crops: list, groups: dict[str, list[int]],
+                        policy: dynamic_depth.DepthPolicy):
+        """(crop, its rows, their features, blocks used) per crop group: one backbone pass for the whole
+        batch when it holds several crops (`mixed_adapters`), else one pass per crop."""
+        if self.mixed_adapters and len(groups) > 1:
+            if self._mixed is None:
+                self._mixed = MixedAdapters(self.model)
+            with self._mixed.rows([str(c) for c in crops]) as mixed:
+                feats, used = dynamic_depth.run(self.view, pixels, policy, on_drop=mixed.keep)
+            for crop, members in groups.items():
+                yield crop, members, feats[members], used[members].tolist()
+            return
+        for crop, members in groups.items():
+            self.model.set_adapter(crop)
+            feats, used = dynamic_depth.run(self.view, pixels[members], policy)
+            yield crop, members, feats, used.tolist()
 
     def _decide(self, router_score: float | None, ood_score: float, confidence: float) -> tuple[str, str | None]:
         if router_score is not None and router_score > 1.0:

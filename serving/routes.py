@@ -31,7 +31,8 @@ from serving.errors import (
     ServingError,
     UnsupportedMedia,
 )
-from serving.images import DecodeGate, check_content_type, image_from_base64, open_image
+from serving.images import DecodeGate, check_content_type, decode_base64, open_image
+from serving.response_cache import cache_key
 from serving.runtime import DiagnoseItem, Runtime
 from serving.schemas import (
     BatchRequest,
@@ -179,19 +180,14 @@ async def diagnose(request: Request) -> JSONResponse:
         data, crop_hint, content_type = await _read_multipart(request, _image_body_limit(settings, encoded=False))
         check_content_type(content_type)
         crop_hint = _check_crop_hint(rt, crop_hint)
-        started = time.perf_counter()
-        image = await _decode(request, open_image, data)
     elif media == "application/json":
         body = await _read_json(request, _image_body_limit(settings, encoded=True), DiagnoseRequest)
         crop_hint = _check_crop_hint(rt, body.crop_hint)
-        started = time.perf_counter()
-        image = await _decode(request, image_from_base64, body.image)
+        data = await run_in_threadpool(decode_base64, body.image, max_bytes=settings.max_upload_bytes)
     else:
         raise _wrong_media(media, "application/json or multipart/form-data")
-    decode_ms = (time.perf_counter() - started) * 1000.0
-    item = DiagnoseItem(image=image, crop_hint=crop_hint)
-    result = await _diagnose_one(rt, item, decode_ms)
-    return JSONResponse(result)
+    result, cache = await _diagnose_upload(request, data, crop_hint)
+    return JSONResponse(result, headers={"X-Cache": cache} if cache else None)
 
 
 @router.post(
@@ -222,16 +218,14 @@ async def diagnose_batch(request: Request) -> JSONResponse:
     if rt.batcher.queue_size - rt.batcher.queue_depth < n:
         raise Overloaded(f"the request queue has no room for {n} items; retry shortly", retry_after=1)
 
-    async def one(entry: DiagnoseRequest) -> dict:
+    async def one(entry: DiagnoseRequest) -> tuple[dict, str | None]:
         crop_hint = _check_crop_hint(rt, entry.crop_hint)
-        started = time.perf_counter()
-        image = await _decode(request, image_from_base64, entry.image)
-        decode_ms = (time.perf_counter() - started) * 1000.0
-        return await _diagnose_one(rt, DiagnoseItem(image, crop_hint), decode_ms)
+        data = await run_in_threadpool(decode_base64, entry.image, max_bytes=settings.max_upload_bytes)
+        return await _diagnose_upload(request, data, crop_hint)
 
     outcomes = await asyncio.gather(*(one(e) for e in batch.images), return_exceptions=True)
     results: list[dict] = []
-    failed = 0
+    failed, hits = 0, 0
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, ServingError):
             failed += 1
@@ -239,8 +233,37 @@ async def diagnose_batch(request: Request) -> JSONResponse:
         elif isinstance(outcome, BaseException):
             raise outcome  # unexpected: the error handler answers 500 without a traceback
         else:
-            results.append({"index": index, "result": outcome, "error": None})
-    return JSONResponse({"count": n, "failed": failed, "results": results})
+            results.append({"index": index, "result": outcome[0], "error": None})
+            hits += outcome[1] == "hit"
+    # A batch is a hit only when every item came from the cache.
+    headers = {"X-Cache": "hit" if hits == n else "miss"} if rt.cache.enabled else None
+    return JSONResponse({"count": n, "failed": failed, "results": results}, headers=headers)
+
+
+async def _diagnose_upload(request: Request, data: bytes, crop_hint: str | None) -> tuple[dict, str | None]:
+    """(result, "hit" | "miss" | None when the cache is off) for one upload's bytes."""
+    rt = _runtime(request)
+    assert rt.manifest is not None
+    started = time.perf_counter()
+    key = None
+    if rt.cache.enabled:
+        key = await run_in_threadpool(cache_key, data, crop_hint, rt.manifest.version)
+        cached = rt.cache.get(key)
+        rt.metrics.observe_cache("hit" if cached is not None else "miss")
+        if cached is not None:
+            rt.metrics.observe_diagnosis(cached["decision"], cached["reason"])
+            # No decode, no queue, no forward pass (their timings are 0): only the lookup, hashing included.
+            timings = dict.fromkeys(cached.pop("model_timings"), 0.0)
+            timings["cache"] = round((time.perf_counter() - started) * 1000.0, 3)
+            cached.update(batch_size=0, timings=timings)
+            return cached, "hit"
+    image = await _decode(request, open_image, data)
+    decode_ms = (time.perf_counter() - started) * 1000.0
+    result = await _diagnose_one(rt, DiagnoseItem(image, crop_hint), decode_ms)
+    if key is not None:
+        stored = {k: v for k, v in result.items() if k not in ("timings", "batch_size")}
+        rt.cache.put(key, {**stored, "model_timings": list(result["timings"])})
+    return result, "miss" if key is not None else None
 
 
 async def _decode(request: Request, decode, payload):

@@ -22,6 +22,8 @@ from serving.batching import BatchStats, MicroBatcher
 from serving.errors import NotReady
 from serving.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, manifest_sha256
 from serving.metrics import ServiceMetrics
+from serving.phases import Phases, seconds_since_process_start
+from serving.response_cache import ResponseCache
 from serving.settings import Settings
 
 log = logging.getLogger("serving.runtime")
@@ -53,9 +55,11 @@ PipelineLoader = Callable[[Settings, Manifest], PipelineLike]
 
 def load_pipeline(settings: Settings, manifest: Manifest) -> PipelineLike:
     """The real loader: `serving.pipeline.Pipeline.load` (imported here: it pulls in torch)."""
-    from serving.pipeline import Pipeline
-
-    return Pipeline.load(settings.model_dir, manifest, device=settings.device)
+    phases = Phases()
+    with phases.phase("imports"):
+        from serving.pipeline import Pipeline
+    return Pipeline.load(settings.model_dir, manifest, device=settings.device, dtype=settings.precision,
+                         dtype_source="AADS_PRECISION", phases=phases)
 
 
 def resolve_manifest_dir(path: Path) -> Path:
@@ -98,8 +102,11 @@ class Runtime:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.load_seconds: float | None = None
+        self.ready_phases: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self.cache = ResponseCache(settings.cache_entries, settings.cache_bytes)
         self.metrics.set_state(self.state.value, ALL_STATES)
+        self.metrics.track_cache(self.cache)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -152,15 +159,21 @@ class Runtime:
 
     def _load(self) -> None:
         started = time.perf_counter()
+        # Before the loader thread: interpreter start, the web stack's imports, the app's creation.
+        before = seconds_since_process_start()
         try:
+            manifest_started = time.perf_counter()
             version_dir = resolve_manifest_dir(self.settings.manifest_dir)
             self.manifest = load_manifest(version_dir)
             self.manifest_sha256 = manifest_sha256(version_dir)
             self.metrics.set_version(self.manifest.version)
+            manifest_s = time.perf_counter() - manifest_started
             log.info("manifest %s loaded from %s; loading model set from %s",
                      self.manifest.version, version_dir, self.settings.model_dir)
             pipeline = self._loader(self.settings, self.manifest)
+            warmup_started = time.perf_counter()
             pipeline.warmup()
+            warmup_s = time.perf_counter() - warmup_started
         except Exception as e:  # every failure ends in FAILED with its message, never a dead thread
             message = str(e) or type(e).__name__
             log.error("model load failed: %s: %s", type(e).__name__, message)
@@ -168,6 +181,15 @@ class Runtime:
             return
         self.load_seconds = time.perf_counter() - started
         self.metrics.model_load_seconds.set(self.load_seconds)
+        phases = Phases()
+        if before is not None:
+            phases.add("process_start", before)
+        phases.add("manifest", manifest_s)
+        for name, seconds in getattr(getattr(pipeline, "phases", None), "seconds", {}).items():
+            phases.add(name, seconds)
+        phases.add("warmup", warmup_s)
+        self.ready_phases = phases.rounded()
+        self.metrics.set_ready_phases(self.ready_phases)
         info = pipeline.info
         self.metrics.model_info.labels(
             version=self.manifest.version,
@@ -188,7 +210,8 @@ class Runtime:
         self.pipeline, self.batcher = pipeline, batcher
         self.ready_at = time.time()
         self._set_state(Health.READY)
-        log.info("ready: %s (%s) in %.1fs", self.manifest.version, info.get("family"), self.load_seconds)
+        log.info("ready: %s (%s, %s) in %.1fs; phases: %s", self.manifest.version, info.get("family"),
+                 info.get("dtype", "?"), self.load_seconds, phases.summary())
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.observe_batch(stats.size, stats.seconds)

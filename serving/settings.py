@@ -42,6 +42,11 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     device: str | None = None  # None: the pipeline picks (CUDA when visible)
+    # None: the manifest's backbone.dtype; "auto" = bf16 where the hardware has it (serving.precision).
+    precision: str | None = None
+    # Response cache (serving.response_cache): 0 entries turns it off.
+    cache_entries: int = 1024
+    cache_bytes: int = 16 * MB
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
     queue_size: int = 256
@@ -86,6 +91,9 @@ class Settings:
             host=reader.text("AADS_HOST", cls.host),
             port=reader.integer("AADS_PORT", cls.port, low=1, high=65535),
             device=reader.text("AADS_DEVICE", "") or None,
+            precision=_read_precision(reader),
+            cache_entries=reader.integer("AADS_CACHE_ENTRIES", cls.cache_entries, low=0, high=10_000_000),
+            cache_bytes=reader.size("AADS_CACHE_BYTES", cls.cache_bytes),
             max_batch_size=reader.integer("AADS_MAX_BATCH_SIZE", cls.max_batch_size, low=1, high=1024),
             max_wait_ms=reader.number("AADS_MAX_WAIT_MS", cls.max_wait_ms, low=0, high=10_000),
             queue_size=reader.integer("AADS_QUEUE_SIZE", cls.queue_size, low=1, high=1_000_000),
@@ -236,6 +244,13 @@ def _read_api_keys(env: Mapping[str, str]) -> tuple[ApiKey, ...]:
             raise SettingsError(f"key id(s) {sorted(clash)} appear in both AADS_API_KEYS and AADS_API_KEYS_FILE")
         keys += from_file
     return keys
+
+
+def _read_precision(reader: "_Reader") -> str | None:
+    """AADS_PRECISION: auto, fp32 or bf16 (also float32, bfloat16), as the manifest's dtype names."""
+    value = reader.choice("AADS_PRECISION", "", ("auto", "fp32", "float32", "bf16", "bfloat16"))
+    return {"": None, "auto": "auto", "fp32": "float32", "float32": "float32",
+            "bf16": "bfloat16", "bfloat16": "bfloat16"}[value]
 
 
 BUILD_LABEL_VARS = {

@@ -60,7 +60,9 @@ def serve(model_set, loader: PipelineLoader = load_pipeline, wait: bool = True, 
 @pytest.fixture(scope="module", params=FAMILIES)
 def service(request, tiny_model_set) -> Iterator[Service]:
     """The app on a tiny model set of each family, with a short batching wait."""
-    with serve(tiny_model_set(request.param), max_wait_ms=30, max_batch_size=8, max_batch_items=8,
+    # The response cache is off here: these tests send the same images again and mean the model path
+    # (batching, decoding, the queue); tests/api/test_cache.py covers the cache.
+    with serve(tiny_model_set(request.param), max_wait_ms=30, max_batch_size=8, max_batch_items=8, cache_entries=0,
                build_labels={"version": "test-build", "revision": "0123abc"}) as svc:
         yield svc
 

@@ -81,7 +81,7 @@ def test_bad_bodies_never_echo_parser_text(tiny_model_set):
 
 def test_concurrent_decodes_never_exceed_the_setting(tiny_model_set, monkeypatch):
     running, peak, lock = [0], [0], threading.Lock()
-    real = serving_images.image_from_base64
+    real = serving_images.open_image
 
     def slow_decode(*args, **kwargs):
         with lock:
@@ -94,11 +94,12 @@ def test_concurrent_decodes_never_exceed_the_setting(tiny_model_set, monkeypatch
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(serving_routes, "image_from_base64", slow_decode)
+    monkeypatch.setattr(serving_routes, "open_image", slow_decode)
     big = io.BytesIO()
     Image.new("RGB", (1600, 1200), (40, 150, 40)).save(big, "JPEG")
     body = {"image": b64(big.getvalue())}
-    with serve(tiny_model_set("dinov2"), decode_concurrency=2, max_wait_ms=5) as svc:
+    # The same body eight times: without the response cache each one is decoded.
+    with serve(tiny_model_set("dinov2"), decode_concurrency=2, max_wait_ms=5, cache_entries=0) as svc:
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: svc.client.post("/v1/diagnose", json=body).status_code, range(8)))
         assert codes == [200] * 8

@@ -105,7 +105,7 @@ def test_shutdown_turns_readiness_off_but_finishes_in_flight_work(tiny_model_set
 def test_a_full_queue_answers_503_with_retry_after(tiny_model_set, leaf_png):
     gate = threading.Event()
     with serve(tiny_model_set("dinov3"), loader=lambda s, m: GatedPipeline(load_pipeline(s, m), gate),
-               max_batch_size=1, max_wait_ms=0, queue_size=2) as svc:
+               max_batch_size=1, max_wait_ms=0, queue_size=2, cache_entries=0) as svc:
         try:
             with ThreadPoolExecutor(3) as pool:
                 waiting = [pool.submit(svc.client.post, "/v1/diagnose", json={"image": b64(leaf_png)}) for _ in range(3)]

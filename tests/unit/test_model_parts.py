@@ -145,7 +145,10 @@ def test_backbone_load_errors_name_the_directory(tmp_path):
         load_backbone(tmp_path / "bb", "dinov2")
 
 
-def test_device_dtype_choice():
+def test_device_dtype_choice(monkeypatch):
+    from serving import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx2"}))  # a CPU without native bf16
     dev, dt = choose_device_dtype("cpu", "auto")
     assert dev.type == "cpu" and dt == torch.float32
     assert choose_device_dtype("cpu", "bfloat16")[1] == torch.bfloat16

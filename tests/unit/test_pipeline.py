@@ -28,7 +28,8 @@ def test_info_says_random_init(pipelines, family):
     info = pipe.info
     assert info["family"] == family and info["random_init"] is True and info["synthetic"] is True
     assert "randomly initialized" in info["notice"]
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    # bf16 where this CPU has it and the golden images agree with fp32 (tests/unit/test_precision.py)
+    assert info["device"] == "cpu" and info["dtype"] == info["precision"]["dtype"] in ("float32", "bfloat16")
     assert info["num_blocks"] == 3 and info["load_seconds"] > 0
     assert info["dynamic_blocks"]["enabled"] is (family == "dinov3")
     assert pipe.crops == ms.manifest().crops

@@ -72,12 +72,17 @@ def test_pool_runs_norm_and_mean_in_fp32():
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_dtype_is_bf16_only_where_the_gpu_supports_it(monkeypatch):
+def test_auto_dtype_is_bf16_only_where_the_hardware_supports_it(monkeypatch):
+    from serving import precision
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert choose_device_dtype("cuda", "auto") == (torch.device("cuda"), torch.float32)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert choose_device_dtype("cuda", "auto") == (torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx2", "fma"}))
     assert choose_device_dtype("cpu", "auto")[1] == torch.float32
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx2", "avx512_bf16"}))
+    assert choose_device_dtype("cpu", "auto")[1] == torch.bfloat16
 
 
 def test_bf16_decisions_are_compared_with_fp32(tiny_model_set):
