@@ -165,13 +165,15 @@ class ServiceMetrics:
             self.requests.labels(method="POST", route=route, status="200")
             self.latency.labels(route=route)
 
-    def observe_model_output(self, diagnosis: Any) -> None:
-        """One diagnosis (serving.pipeline.Diagnosis): decision mix, OOD score, blocks used."""
+    def observe_model_output(self, diagnosis: Any, *, computed: bool = True) -> None:
+        """One diagnosis served (serving.pipeline.Diagnosis, or a cached answer with the same fields):
+        decision mix and OOD score count every answer, blocks used only a forward pass that ran
+        (`computed`; a response-cache hit ran none)."""
         crop = diagnosis.crop or "none"
         self.decisions.labels(decision=diagnosis.decision, crop=crop, disease=diagnosis.disease or "none").inc()
         if diagnosis.ood_score is not None:
             self.ood_score.labels(crop=crop).observe(diagnosis.ood_score)
-        if diagnosis.blocks_used:
+        if computed and diagnosis.blocks_used:
             self.blocks_used.observe(diagnosis.blocks_used)
 
 

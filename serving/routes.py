@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +253,8 @@ async def _diagnose_upload(request: Request, data: bytes, crop_hint: str | None)
         rt.metrics.observe_cache("hit" if cached is not None else "miss")
         if cached is not None:
             rt.metrics.observe_diagnosis(cached["decision"], cached["reason"])
+            # A hit is a decision served like any other: the canary analysis counts it in the mix.
+            rt.metrics.observe_model_output(SimpleNamespace(**cached), computed=False)
             # No decode, no queue, no forward pass (their timings are 0): only the lookup, hashing included.
             timings = dict.fromkeys(cached.pop("model_timings"), 0.0)
             timings["cache"] = round((time.perf_counter() - started) * 1000.0, 3)

@@ -13,9 +13,14 @@ def cached(tiny_model_set):
 
 
 def _metric(client, name: str) -> float:
+    """The sample `name` (labels as written, `version` aside: every series carries it)."""
+    base, _, labels = name.partition("{")
+    want = {p for p in labels.rstrip("}").split(",") if p}
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
+        series, _, value = line.rpartition(" ")
+        head, _, got = series.partition("{")
+        if head == base and want <= set(got.rstrip("}").split(",")):
+            return float(value)
     raise AssertionError(f"{name} not in /metrics")
 
 

@@ -14,6 +14,6 @@ def test_every_phase_is_timed_in_the_log_and_metrics(tiny_model_set, caplog):
             metrics = svc.client.get("/metrics").text
     assert PHASES <= set(phases) and all(s >= 0 for s in phases.values())
     for phase in PHASES:
-        assert f'aads_ready_phase_seconds{{phase="{phase}"}}' in metrics
+        assert f'aads_ready_phase_seconds{{phase="{phase}",version="v5.5.4-dinov3"}}' in metrics
     ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ready:")]
     assert len(ready) == 1 and "phases: " in ready[0] and "read_weights" in ready[0]
