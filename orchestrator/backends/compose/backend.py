@@ -241,10 +241,10 @@ class ComposeBackend:
 
     def history(self, limit: int | None = None) -> dict[str, Any]:
         out = switchflow.history(self.ctx, self.target, limit)
+        canary = canary_shift.canary_by_switch(self.ctx.ledger, self.target)
         for entry in out["entries"]:  # each canary step and its analysis, for the switches that had them
-            steps = canary_shift.canary_of(self.ctx.ledger, self.target, entry["id"])
-            if steps:
-                entry["canary"] = steps
+            if entry["id"] in canary:
+                entry["canary"] = canary[entry["id"]]
         return out
 
     def down(self) -> None:

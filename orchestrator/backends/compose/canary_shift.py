@@ -127,10 +127,14 @@ def last_analysis(ledger: Any, target: str) -> dict[str, Any] | None:
     return {"at": e["at"], **e["data"]}
 
 
-def canary_of(ledger: Any, target: str, switch_id: int) -> list[dict[str, Any]]:
-    """Every canary step recorded for one switch (for `history`)."""
-    return [{"at": e["at"], **{k: v for k, v in e["data"].items() if k != "switch"}}
-            for e in ledger.events(target, limit=10_000) if e["kind"] == EVENT_KIND and e["data"].get("switch") == switch_id]
+def canary_by_switch(ledger: Any, target: str) -> dict[int, list[dict[str, Any]]]:
+    """Every canary step recorded on `target`, by switch id (for `history`)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for e in ledger.events(target, limit=100_000):
+        if e["kind"] == EVENT_KIND and isinstance(e["data"].get("switch"), int):
+            out.setdefault(e["data"]["switch"], []).append(
+                {"at": e["at"], **{k: v for k, v in e["data"].items() if k != "switch"}})
+    return out
 
 
 def _wait_checked_up(rt: Any, slot: str, timeout_s: float = 10.0) -> None:
