@@ -65,11 +65,11 @@ def run_canary(sw: ComposeSwitch, plan: CanaryPlan, steps: Steps) -> list[StepRe
     edge = EdgeWeights.for_container(container)
     rt = sw.rt = stack.edge()
     stack.point_edge_at(rt, cand_slot)
+    sw.canary_started = True  # from here a failure resets the weights
     # The candidate joins the backend at weight 0: it takes no request until the first step.
     edge.set(cand_slot, 0)
     edge.set(live_slot, 100)
-    sw.flipped = True  # from here a failure flips back (and resets the weights)
-    sw.canary_started = True
+    sw.flipped = True  # from here a failure flips back
     rt.enable(cand_slot)
     _wait_checked_up(rt, cand_slot)
     time.sleep(SCRAPE_INTERVAL_S)  # the candidate's first scrape: its counters start at a known value
@@ -106,12 +106,17 @@ def run_canary(sw: ComposeSwitch, plan: CanaryPlan, steps: Steps) -> list[StepRe
 
 def reset_weights(sw: ComposeSwitch) -> str | None:
     """Both servers back to the config file's weight (the next switch flips by state, not weight)."""
+    return reset_stack_weights(sw.stack, (sw.from_slot, sw.slot))
+
+
+def reset_stack_weights(stack: Any, slots: tuple[str, ...] = ("blue", "green")) -> str | None:
+    """`slots` back to weight 1 in `stack`'s edge; None, or what went wrong (a note, never a failure)."""
     try:
-        container = sw.stack.containers().get("edge")
+        container = stack.containers().get("edge")
         if container is None:
             return "the edge is gone: weights not reset"
         edge = EdgeWeights.for_container(container)
-        for slot in (sw.from_slot, sw.slot):
+        for slot in slots:
             edge.set(slot, INITIAL_WEIGHT)
     except Exception as e:  # noqa: BLE001 - reported with the switch's result, never hides its outcome
         return f"edge weights not reset: {e}"
