@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.backends.compose import canary_shift
+from orchestrator.backends.compose import canary_shift, repair
 from orchestrator.backends.compose.switch import candidates_fault
 from orchestrator.canary.analysis import FAIL, PASS, Figures, Verdict
 from orchestrator.canary.edge_weights import EdgeWeights
 from orchestrator.errors import CanaryFailed, SwitchFailed
-from tests.unit.test_compose_switch_flow import NEW, OLD, digest, project  # noqa: F401 - the fixture
+from tests.unit.test_compose_switch_flow import (  # noqa: F401 - project: the fixture
+    NEW,
+    OLD,
+    digest,
+    interrupted_switch,
+    project,
+)
 from tests.unit.test_haproxy import SlowEdge
 
 FIGURES = Figures(window_s=1, candidate_diagnoses=30, live_diagnoses=90, error_rate=0.0, p99_ratio=1.0,
@@ -174,3 +180,15 @@ def test_only_a_judged_failure_is_the_candidates_fault():
 ])
 def test_the_two_sides_are_told_apart_by_version_or_by_slot(live, cand_slot, expected):
     assert canary_shift.matchers("v2", live, cand_slot, "blue") == expected
+
+
+def test_a_repair_of_a_canary_killed_at_the_last_step_gives_live_its_weight_back(canary_project):
+    backend = canary_project()
+    sw = interrupted_switch(backend, "canary-100")
+    backend.ctx.ledger.enter_step(sw.id, "canary-100", canary=[10, 100])
+    backend.fake_edge.weights = {"blue": 0, "green": 100}  # as a kill -9 during the 100% step leaves them
+    with backend._lock():
+        done = repair.repair_unfinished(backend)
+    assert [d["id"] for d in done] == [sw.id]
+    assert backend.fake_edge.weights == {"blue": 1, "green": 1}
+    assert backend.ctx.ledger.switch(sw.id).outcome == "interrupted"
