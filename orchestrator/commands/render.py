@@ -159,6 +159,11 @@ def print_history(ctx: Context, h: dict[str, Any]) -> None:
                   (e.get("change_cause") or "-") if kube else fmt_phases(e.get("phases") or {}),
                   e.get("user") or "-", e.get("reason") or "")
     ctx.stdout.print(t)
+    for e in entries:  # compose canary switches: each step's verdict (--json has the figures)
+        if e.get("canary"):
+            steps = ", ".join(f"{s.get('share')}% {s.get('outcome')}" + (f" on {s['metric']}" if s.get("metric") else "")
+                              for s in e["canary"])
+            ctx.stdout.print(f"canary of #{e.get('id')}: {steps}")
     rate = h.get("success_rate")
     if rate is None:
         ctx.stdout.print("success rate: no counted switches in this range")
