@@ -81,7 +81,7 @@ class BenchStack:
                 "kind": "compose", "project": self.project,
                 "compose_file": str(ROOT / "compose" / "compose.yaml"), "edge_host": "127.0.0.1",
                 "edge_port": self.edge_port, "blue_port": free_port(), "green_port": free_port(),
-                "watch_s": watch_s}},
+                "watch_s": watch_s, "monitoring": False}},
         }, sort_keys=False))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AADS_")}
         self.env.update({"AADS_CONFIG": str(self.config), "HF_HUB_OFFLINE": "1"})

@@ -46,6 +46,41 @@ class ComposeTarget(_Strict):
     # Which image of a version the slots run: cuda (`<repo>:<version>`), cpu (`<version>-cpu`),
     # auto: cuda when the GPU check (`gpu`) sees a GPU, else cpu.
     variant: Literal["auto", "cuda", "cpu"] = "auto"
+    # Prometheus + pushgateway next to the edge (images/prometheus, monitoring/); `up` and every
+    # switch start them. Their host ports (published on 127.0.0.1 only).
+    monitoring: bool = True
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    pushgateway_port: int = Field(9091, ge=1, le=65535)
+    # Where the canary analysis queries (default: the stack's own Prometheus on prometheus_port).
+    prometheus_url: str | None = None
+    # Canary steps of every switch (percent of requests to the candidate, ending at 100), e.g.
+    # [10, 50, 100]; none: the all-at-once flip. `switch --canary` overrides it.
+    canary: list[int] | None = None
+    canary_step_s: float = Field(60, gt=0)
+    # orchestrator/canary/analysis.py Thresholds: max_error_rate, max_p99_ratio, ...
+    canary_thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("canary", mode="before")
+    @classmethod
+    def _canary_shares(cls, v: Any) -> Any:
+        from orchestrator.canary.steps import parse_shares
+
+        if v is None or v == "" or v == []:
+            return None
+        text = v if isinstance(v, str) else ",".join(str(x) for x in v)
+        return parse_shares(text)
+
+    @field_validator("canary_thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        from orchestrator.canary.analysis import Thresholds
+
+        Thresholds.from_dict(v)
+        return v
+
+    @property
+    def analysis_url(self) -> str:
+        return self.prometheus_url or f"http://127.0.0.1:{self.prometheus_port}"
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -29,7 +29,7 @@ def _lock_note(ctx: Context, target: str) -> list[str]:
 
 
 def compose_plan(ctx: Context, target: str, spec: ComposeTarget, version: str, *, variant: str, why: str,
-                 keep_previous: bool) -> SwitchPlan:
+                 keep_previous: bool, canary: Any = None) -> SwitchPlan:
     """The plan on a compose target; `variant` is the one the backend deploys (GPU seen or not)."""
     known_version(ctx, version)
     live = ctx.ledger.live(target)
@@ -45,9 +45,12 @@ def compose_plan(ctx: Context, target: str, spec: ComposeTarget, version: str, *
     if live is None:  # as the switch itself refuses
         raise UsageError(f"nothing is live on target {target} yet: run `orchestrator up VERSION` first")
     d = resolve(ctx, version, variant=variant)
-    steps = ["resolve", "start", "ready", "smoke", "flip", "confirm"]
+    moves = ["flip"] if canary is None else canary.step_names()
+    steps = ["resolve", "start", "ready", "smoke", *moves, "confirm"]
     steps += ["watch"] if spec.watch_s > 0 else []
     steps += ["drain"] + ([] if keep_previous else ["stop"]) + ["finish"]
+    if canary is not None:
+        notes.append(f"{canary.describe()}: each step's analysis must pass (thresholds {canary.thresholds})")
     if keep_previous:
         notes.append(f"--keep-previous: {from_slot} keeps running after the switch (a rollback is then a flip)")
     return SwitchPlan(action="switch", target=target, kind="compose", from_version=live.version,

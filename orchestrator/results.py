@@ -73,6 +73,7 @@ class SwitchResult:
     kept_previous: bool | None = None  # compose: --keep-previous
     traffic_switched_s: float | None = None  # compose: seconds from flip start to the old slot drained
     image: str | None = None          # kubernetes: the image the pod template now names
+    canary: list[dict[str, Any]] | None = None  # compose --canary: each step's share, weights, verdict, figures
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -165,6 +166,7 @@ class SlotState:
     port: int | None = None           # compose
     restarts: int | None = None       # compose
     oom_killed: bool | None = None    # compose
+    weight: int | None = None         # compose: the slot's weight in the edge (canary shares)
     failed: str | None = None         # kubernetes: why the revision was marked failed
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -190,6 +192,7 @@ class Status:
     project: str | None = None
     compose: str | None = None
     edge: str | None = None
+    last_analysis: dict[str, Any] | None = None  # compose: the newest canary verdict with its figures
     # kubernetes
     namespace: str | None = None
     deployment: str | None = None
@@ -249,6 +252,7 @@ class HistoryEntry:
     image: str | None = None          # kubernetes
     live: bool | None = None          # kubernetes: the revision the Deployment runs now
     revision_history: str | None = None  # kubernetes: earlier revisions this template had
+    canary: list[dict[str, Any]] | None = None  # compose: the canary steps and their analyses
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -59,11 +59,17 @@ def register(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True,
                   help="Print the plan (digest, image, slot or revision, steps) and exit 0: nothing is "
                        "started, locked or recorded. The registry tag is still checked.")
+    @click.option("--canary", "canary_text", metavar="SHARES",
+                  help="Move traffic in judged steps instead of at once: percentages of requests for the "
+                       "candidate, e.g. 10,50,100 (default: the target's `canary`; none: one flip).")
+    @click.option("--step", "step_text", metavar="DURATION",
+                  help="How long each canary step runs before its analysis: 60s, 2m, 90 (default: the "
+                       "target's canary_step_s, 60s).")
     @lock_timeout_option
     @json_option
     @click.pass_obj
     def switch_cmd(obj: Context, version: str, target: str | None, keep_previous: bool, dry_run: bool,
-                   lock_timeout_s: float, as_json: bool) -> None:
+                   canary_text: str | None, step_text: str | None, lock_timeout_s: float, as_json: bool) -> None:
         """Make VERSION live with no failed request, or leave the live version serving.
 
         \b
@@ -73,6 +79,11 @@ def register(cli: click.Group) -> None:
           ready     GET /ready on the slot (timeout: the target's ready_timeout_s)
           smoke     golden images must give the decisions recorded at build time
           flip      edge (HAProxy runtime API): enable the new slot, drain the old one
+          canary    (with --canary 10,50,100 or the target's `canary`, instead of flip) the new
+                    slot joins at weight 0; each step sets its share of requests, runs --step
+                    long, then the analysis judges it against live from Prometheus (errors, p99,
+                    review share, decision mix, OOD scores); a failed analysis sets its weight
+                    to 0 at once, stops it, marks its digest failed naming the metric (exit 5)
           confirm   GET /v1/version through the public edge names VERSION
           watch     error rate through the edge for watch_s seconds; 5xx -> flip back
           drain     the old slot finishes its requests and leaves the edge
@@ -89,10 +100,15 @@ def register(cli: click.Group) -> None:
         'unknown' and nothing is undone (exit 1). See docs/kubernetes.md.
         """
         backend, kind = _backend(obj, target)
+        canary = _shares(canary_text)
+        step_s = _duration(step_text, "--step") if step_text is not None else None
+        if (canary or step_s) and kind != "compose":
+            raise UsageError(f"--canary/--step apply to compose targets only, not {kind} (docs/operations.md)")
+        extra = {"canary": canary, "step_s": step_s} if (canary or step_s) else {}
         if dry_run:
-            render.print_plan(obj, _plan(obj, backend, kind, target, version, keep_previous), as_json)
+            render.print_plan(obj, _plan(obj, backend, kind, target, version, keep_previous, **extra), as_json)
             return
-        res = backend.switch(version, keep_previous=keep_previous, wait_lock_s=lock_timeout_s)
+        res = backend.switch(version, keep_previous=keep_previous, wait_lock_s=lock_timeout_s, **extra)
         render.print_result(obj, SwitchResult.from_backend(res, kind), as_json)
 
     @cli.command("rollback")
@@ -222,7 +238,33 @@ def register(cli: click.Group) -> None:
             raise EngineError(f"`{argv[0]} ... logs` exited {code}")
 
 
-def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: str, keep_previous: bool) -> SwitchPlan:
+def _shares(text: str | None) -> list[int] | None:
+    from orchestrator.canary.steps import parse_shares
+
+    if text is None:
+        return None
+    try:
+        return parse_shares(text)
+    except ValueError as e:
+        raise UsageError(f"--canary: {e}") from None
+
+
+def _duration(text: str, option: str) -> float:
+    """"60s", "2m", "1h", "90", "1.5s" -> seconds (> 0)."""
+    t = text.strip().lower()
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    unit = next((u for u in ("ms", "s", "m", "h") if t.endswith(u)), "")
+    try:
+        seconds = float(t[: len(t) - len(unit)] if unit else t) * scale.get(unit, 1)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected a duration like 60s, 2m or 90") from None
+    if not seconds > 0:
+        raise UsageError(f"{option} {text!r}: must be more than 0")
+    return seconds
+
+
+def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: str, keep_previous: bool,
+          canary: list[int] | None = None, step_s: float | None = None) -> SwitchPlan:
     """The backend's read-only facts a plan needs: compose's variant choice (GPU seen or not),
     the Kubernetes Deployment and the image its nodes would pull."""
     from orchestrator import plan
@@ -232,4 +274,5 @@ def _plan(ctx: Context, backend: Any, kind: str, target: str | None, version: st
         return plan.kubernetes_plan(ctx, name, spec, version, deployment=backend.api.read_deployment(),
                                     image_for=backend.image_for)
     variant, why = backend.stack.variant_choice()
-    return plan.compose_plan(ctx, name, spec, version, variant=variant, why=why, keep_previous=keep_previous)
+    return plan.compose_plan(ctx, name, spec, version, variant=variant, why=why, keep_previous=keep_previous,
+                             canary=backend.canary_plan(canary, step_s))

@@ -103,7 +103,7 @@ def print_status(ctx: Context, st: dict[str, Any]) -> None:
     slots = st.get("slots") or []
     if slots:
         s = Table(title="slots", title_justify="left")
-        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "restarts", "oom_killed",
+        keys = [k for k in ("slot", "revision", "state", "health", "version", "edge", "weight", "restarts", "oom_killed",
                             "port", "image")
                 if any(k in x for x in slots)]
         for k in keys:
@@ -112,6 +112,12 @@ def print_status(ctx: Context, st: dict[str, Any]) -> None:
             s.add_row(*[(short_image(x[k]) if k == "image" else str(x[k])) if x.get(k) is not None else "-"
                         for k in keys])
         out.print(s)
+    last = st.get("last_analysis")
+    if last:
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in (last.get("figures") or {}).items()
+                            if isinstance(v, (int, float)) and k != "window_s")
+        out.print(f"last canary analysis ({last.get('at')}, switch #{last.get('switch')}, {last.get('version')} at "
+                  f"{last.get('share')}%): {last.get('outcome')} — {last.get('reason')}; {figures}")
     drift = st.get("drift") or []
     if drift:
         out.print("[bold yellow]drift[/bold yellow] (the next switch repairs it):")
@@ -153,6 +159,11 @@ def print_history(ctx: Context, h: dict[str, Any]) -> None:
                   (e.get("change_cause") or "-") if kube else fmt_phases(e.get("phases") or {}),
                   e.get("user") or "-", e.get("reason") or "")
     ctx.stdout.print(t)
+    for e in entries:  # compose canary switches: each step's verdict (--json has the figures)
+        if e.get("canary"):
+            steps = ", ".join(f"{s.get('share')}% {s.get('outcome')}" + (f" on {s['metric']}" if s.get("metric") else "")
+                              for s in e["canary"])
+            ctx.stdout.print(f"canary of #{e.get('id')}: {steps}")
     rate = h.get("success_rate")
     if rate is None:
         ctx.stdout.print("success rate: no counted switches in this range")

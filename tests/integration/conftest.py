@@ -97,6 +97,7 @@ def orchestrator_root(tmp_path_factory, test_registry) -> Path:
             "kind": "compose", "project": f"aadstest-{secrets.token_hex(3)}",
             "compose_file": str(REPO / "compose" / "compose.yaml"), "edge_host": "127.0.0.1",
             "edge_port": _free_port(), "blue_port": _free_port(), "green_port": _free_port(),
+            "monitoring": False,  # never the default 127.0.0.1:9090 in tests
         }},
     }
     (root / "orchestrator.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

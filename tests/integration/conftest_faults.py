@@ -147,8 +147,9 @@ class Stack(ScratchHost):
 
 
 def make_stack(tmp_root: Path, *, name: str, session_state_dir: Path, registry: str,
-               ready_timeout_s: float = 240, watch_s: float = 3) -> Stack:
-    """Write the config, copy the ledger and the version folders; no container yet."""
+               ready_timeout_s: float = 240, watch_s: float = 3, target_extra: dict[str, Any] | None = None) -> Stack:
+    """Write the config, copy the ledger and the version folders; no container yet. Monitoring
+    (prometheus + pushgateway) is off unless `target_extra` turns it on (tests/integration/test_canary_switch.py)."""
     suffix = secrets.token_hex(3)
     stack = Stack(name=name, project=f"aadstest-{name}-{suffix}", root=tmp_root, edge_port=free_port(),
                   registry=registry)
@@ -164,7 +165,8 @@ def make_stack(tmp_root: Path, *, name: str, session_state_dir: Path, registry: 
             "kind": "compose", "project": stack.project, "compose_file": str(REPO / "compose" / "compose.yaml"),
             "edge_host": "127.0.0.1", "edge_port": stack.edge_port,
             "blue_port": free_port(), "green_port": free_port(),
-            "ready_timeout_s": ready_timeout_s, "watch_s": watch_s,
+            "ready_timeout_s": ready_timeout_s, "watch_s": watch_s, "monitoring": False,
+            **(target_extra or {}),
         }},
     }
     stack.config_file.write_text(yaml.safe_dump(config, sort_keys=False))

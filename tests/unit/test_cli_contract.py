@@ -237,6 +237,28 @@ def test_keep_previous_on_a_kubernetes_rollback_is_refused_by_kind(project, monk
     assert_one_error(code, err, "--keep-previous applies to compose targets only, not kubernetes")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--canary", "10,50"], "--canary: canary steps '10,50': increasing percentages in 1..100 ending at 100"),
+    (["--canary", "50,10,100"], "--canary: canary steps '50,10,100'"),
+    (["--canary", "10,100", "--step", "soon"], "--step 'soon': expected a duration like 60s, 2m or 90"),
+    (["--step", "0s"], "--step '0s': must be more than 0"),
+])
+def test_bad_canary_steps_are_one_error_line_exit_2(project, capsys, args, needle):
+    code, _, err = run(capsys, "switch", NEW, *args)
+    assert code == 2
+    assert_one_error(code, err, needle)
+
+
+def test_canary_on_a_kubernetes_target_is_refused_by_kind(project, monkeypatch, capsys):
+    cfg = project / "orchestrator.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()),
+                                   "targets": {"k": {"kind": "kubernetes"}}}))
+    monkeypatch.setattr(deploy, "get_backend", lambda ctx, target: FakeBackend())
+    code, _, err = run(capsys, "switch", NEW, "--target", "k", "--canary", "10,100")
+    assert code == 2
+    assert_one_error(code, err, "--canary/--step apply to compose targets only, not kubernetes")
+
+
 # ---- logs -----------------------------------------------------------------------------------------
 def test_logs_names_the_slot_of_the_live_or_previous_version(project, monkeypatch, capsys):
     monkeypatch.setattr(compose_cli, "detect", lambda forced=None: compose_cli.V2)

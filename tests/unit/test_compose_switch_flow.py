@@ -36,7 +36,7 @@ def digest(v: str) -> str:
 
 # What the stack (engine, edge) and the checks (HTTP) do, answered by the recorder below instead.
 STACK_CALLS = ("slot_runs", "ready_now", "check_gpu_room", "slot_image", "start_slot", "stop_slot",
-               "slot_exit_reason", "edge", "point_edge_at", "containers", "edge_health")
+               "slot_exit_reason", "edge", "point_edge_at", "containers", "edge_health", "ensure_monitoring")
 CHECK_CALLS = ("smoke", "confirm", "watch")
 
 
@@ -125,6 +125,11 @@ class RecordingCompose(ComposeBackend):
 
     def containers(self):
         return {}
+
+    monitoring_started = 0
+
+    def ensure_monitoring(self):
+        self.monitoring_started += 1
 
     def edge_health(self):
         return "ready"

@@ -12,10 +12,13 @@ from typing import Any
 
 from orchestrator import switchflow
 from orchestrator.backends.compose import repair as repairs
+from orchestrator.backends.compose import canary_shift
+from orchestrator.backends.compose.canary_shift import CanaryPlan
 from orchestrator.backends.compose.checks import Candidate, Checks
 from orchestrator.backends.compose.haproxy import EdgeError
 from orchestrator.backends.compose.stack import SLOTS, ComposeStack
 from orchestrator.backends.compose.switch import ComposeSwitch, FirstUp
+from orchestrator.canary.analysis import Thresholds
 from orchestrator.config import ComposeTarget
 from orchestrator.context import Context
 from orchestrator.errors import RegistryError, TamperError, UsageError
@@ -74,12 +77,24 @@ class ComposeBackend:
                              f"and `orchestrator push VERSION{flag}`")
         return pushes[-1].version
 
-    def switch(self, version: str, *, keep_previous: bool = False, wait_lock_s: float = 0.0) -> dict[str, Any]:
+    def switch(self, version: str, *, keep_previous: bool = False, wait_lock_s: float = 0.0,
+               canary: list[int] | None = None, step_s: float | None = None) -> dict[str, Any]:
+        """`canary`/`step_s` override the target's canary steps; none anywhere: the all-at-once flip."""
         valid_name(version)
+        plan = self.canary_plan(canary, step_s)
         with self._lock(wait_lock_s):
             interrupted = repairs.repair_unfinished(self)
-            return {**self._switch_locked(version, keep_previous=keep_previous, action="switch"),
+            return {**self._switch_locked(version, keep_previous=keep_previous, action="switch", canary=plan),
                     "interrupted": interrupted}
+
+    def canary_plan(self, canary: list[int] | None = None, step_s: float | None = None) -> CanaryPlan | None:
+        """The canary steps of a switch: the command's, else the target's (None: no canary)."""
+        shares = canary or self.spec.canary
+        if not shares:
+            return None
+        return CanaryPlan(shares=list(shares), step_s=step_s or self.spec.canary_step_s,
+                          thresholds=Thresholds.from_dict(self.spec.canary_thresholds),
+                          prometheus_url=self.spec.analysis_url)
 
     def rollback(self, to_version: str | None = None, *, keep_previous: bool = False,
                  wait_lock_s: float = 0.0) -> dict[str, Any]:
@@ -101,7 +116,8 @@ class ComposeBackend:
             raise UsageError(f"nothing is live on target {self.target} yet: run `orchestrator up VERSION` first")
         return live
 
-    def _switch_locked(self, version: str, *, keep_previous: bool, action: str) -> dict[str, Any]:
+    def _switch_locked(self, version: str, *, keep_previous: bool, action: str,
+                       canary: CanaryPlan | None = None) -> dict[str, Any]:
         live = self._live_or_refuse()
         repaired = self.reconcile(live)
         live = self._live_or_refuse()
@@ -115,11 +131,13 @@ class ComposeBackend:
             return result(outcome="noop", target=self.target, from_version=live.version, to_version=version,
                           digest=live.digest, slot=live.slot, reason=reason, repaired=repaired)
         flow = ComposeSwitch(self, action=action, version=version, live=live, keep_previous=keep_previous,
-                             rollback_to_previous=rollback_to_previous, repaired=repaired)
+                             rollback_to_previous=rollback_to_previous, repaired=repaired, canary=canary)
         digest_hint = live.previous_digest if rollback_to_previous else (push.digest if push else None)
         record = self._begin(action, version, live.version, digest=digest_hint,
                              data={"live_slot": flow.from_slot, "candidate_slot": flow.slot,
-                                   "keep_previous": keep_previous, "live_image": live.image_ref})
+                                   "keep_previous": keep_previous, "live_image": live.image_ref,
+                                   **({"canary": canary.shares} if canary else {})})
+        flow.record = record
         return switchflow.run(self.ctx, record, flow)
 
     def _begin(self, action: str, version: str, from_version: str | None, digest: str | None = None,
@@ -198,6 +216,7 @@ class ComposeBackend:
                 "image": c.attrs.get("Config", {}).get("Image") if c is not None else None,
                 "version": self.known_image(c) if c is not None else None,
                 "edge": _edge_word(st),
+                "weight": st.weight if st is not None else None,
                 # A slot the kernel killed for memory comes back by itself (restart: unless-stopped):
                 # these two are the only trace of it.
                 "restarts": int(c.attrs.get("RestartCount") or 0) if c is not None else None,
@@ -207,7 +226,8 @@ class ComposeBackend:
                                "compose": stack.project.flavor.describe(), "edge": self.edge_url,
                                "live": None, "previous": None, "slots": slots,
                                "drift": repairs.drift(self, live, containers, servers),
-                               "interrupted": [], "unfinished": left, "switch_running": running}
+                               "interrupted": [], "unfinished": left, "switch_running": running,
+                               "last_analysis": canary_shift.last_analysis(self.ctx.ledger, self.target)}
         if live is not None:
             out["live"] = {"version": live.version, "digest": live.digest, "image": live.image_ref,
                            "variant": self.ctx.ledger.variant_of_digest(live.digest), "slot": live.slot,
@@ -220,7 +240,12 @@ class ComposeBackend:
         return out
 
     def history(self, limit: int | None = None) -> dict[str, Any]:
-        return switchflow.history(self.ctx, self.target, limit)
+        out = switchflow.history(self.ctx, self.target, limit)
+        canary = canary_shift.canary_by_switch(self.ctx.ledger, self.target)
+        for entry in out["entries"]:  # each canary step and its analysis, for the switches that had them
+            if entry["id"] in canary:
+                entry["canary"] = canary[entry["id"]]
+        return out
 
     def down(self) -> None:
         """Remove the project's containers and network (tests; `orchestrator down` is not a verb)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import probe
+from orchestrator.backends.compose.canary_shift import reset_stack_weights
 from orchestrator.backends.compose.haproxy import EdgeError
 from orchestrator.backends.compose.stack import SLOTS, other, short
 from orchestrator.ledger import Live, Switch
@@ -45,6 +46,11 @@ def repair_switch(b: ComposeBackend, sw: Switch) -> str:
     data = sw.data
     cand_slot = data.get("candidate_slot")
     image = data.get("image")
+    if data.get("canary"):
+        # A canary killed mid-step leaves its weights (live may be at 0): back to the config's first.
+        problem = reset_stack_weights(stack)
+        if problem:
+            b.ctx.note(f"  [yellow]{problem}[/yellow]")
     forward = sw.step in FORWARD_STEPS and live is not None and cand_slot and image \
         and stack.slot_runs(cand_slot, image) and stack.ready_now(cand_slot)
     if forward:

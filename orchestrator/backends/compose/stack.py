@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import requests
@@ -67,6 +68,8 @@ class ComposeStack:
         self.keys_path = self.state_dir / api_keys.KEYS_FILE
         self.compose_file = config.path(spec.compose_file).resolve()
         self.edge_src = self.compose_file.parent.parent / "images" / "edge"
+        self.prometheus_src = self.compose_file.parent.parent / "images" / "prometheus"
+        self.monitoring_dir = self.compose_file.parent.parent / "monitoring"
         self._client = None
         self._project: compose_cli.ComposeProject | None = None
         self._variant: tuple[str, str] | None = None
@@ -126,6 +129,10 @@ class ComposeStack:
             "EDGE_PORT": str(self.spec.edge_port),
             "BLUE_PORT": str(self.spec.blue_port),
             "GREEN_PORT": str(self.spec.green_port),
+            "PROMETHEUS_IMAGE": self.prometheus_image_tag(),
+            "PROMETHEUS_PORT": str(self.spec.prometheus_port),
+            "PUSHGATEWAY_PORT": str(self.spec.pushgateway_port),
+            "MONITORING_DIR": str(self.monitoring_dir.resolve()),
         })
         env["SLOT_API_KEYS"] = api_keys.env_value(self.keys()) if self.spec.api_keys == "on" else ""
         env.update({k: v for k, v in images.items() if v})
@@ -170,7 +177,24 @@ class ComposeStack:
         return f"aads-edge:{h.hexdigest()[:12]}"
 
     def ensure_edge_image(self) -> str:
-        tag = self.edge_image_tag()
+        return self._ensure_image(self.edge_src, self.edge_image_tag(), "edge", "HAProxy from Debian, about a minute")
+
+    def prometheus_image_tag(self) -> str:
+        """aads-prometheus:<hash of the base image name and images/prometheus/*> (as the monitoring tests tag it)."""
+        h = hashlib.sha256(self.base_image.encode())
+        if self.prometheus_src.is_dir():
+            for f in sorted(self.prometheus_src.iterdir()):
+                h.update(f.name.encode() + f.read_bytes())
+        return f"aads-prometheus:{h.hexdigest()[:12]}"
+
+    def ensure_monitoring(self) -> None:
+        """Prometheus + pushgateway up next to the edge (image built on first use; `up` is a no-op when running)."""
+        self._ensure_image(self.prometheus_src, self.prometheus_image_tag(), "prometheus",
+                           "Prometheus and its pushgateway from Debian, about a minute")
+        self.write_env()
+        self.compose(self.project.up("prometheus", "pushgateway"))
+
+    def _ensure_image(self, src: Path, tag: str, what: str, how_long: str) -> str:
         try:
             self.client.images.get(tag)
             return tag
@@ -180,20 +204,20 @@ class ComposeStack:
             self.client.images.get(self.base_image)
         except Exception:
             raise EngineError(f"base image {self.base_image} is missing: run `make engine` to build it") from None
-        self.note(f"building the edge image {tag} (HAProxy from Debian, about a minute)")
+        self.note(f"building the {what} image {tag} ({how_long})")
         log: list[str] = []
         try:
-            for chunk in self.client.api.build(path=str(self.edge_src), tag=tag, rm=True, forcerm=True,
+            for chunk in self.client.api.build(path=str(src), tag=tag, rm=True, forcerm=True,
                                                buildargs={"BASE_IMAGE": self.base_image}, decode=True):
                 if "stream" in chunk:
                     log.append(chunk["stream"].rstrip())
                 if "error" in chunk:
-                    raise EngineError(f"edge image build failed: {chunk['error'].strip()} "
+                    raise EngineError(f"{what} image build failed: {chunk['error'].strip()} "
                                       f"(last: {' | '.join(x for x in log[-3:] if x)})")
         except EngineError:
             raise
         except Exception as e:
-            raise EngineError(f"edge image build failed: {e}") from None
+            raise EngineError(f"{what} image build failed: {e}") from None
         return tag
 
     def write_edge_config(self, live_slot: str | None) -> None:

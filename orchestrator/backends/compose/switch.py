@@ -6,6 +6,7 @@ ComposeSwitch moves traffic from the live slot to the other one (switch and roll
   ready    its /ready answers 200
   smoke    golden images on the slot (skipped for a warm rollback: that slot passed it and has served since)
   flip     the edge enables the candidate, waits until HAProxy serves it, then drains the old slot
+           (with canary steps, `canary` instead: the share moves in judged steps, canary_shift.py)
   confirm  three answers in a row through the edge name the candidate
   watch    the error rate through the edge over watch_s
 then finish: drain (disable the old slot), stop it (unless --keep-previous), record it live. A
@@ -19,11 +20,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import probe
+from orchestrator.backends.compose import canary_shift
+from orchestrator.backends.compose.canary_shift import CanaryPlan
 from orchestrator.backends.compose.checks import Candidate, ConfirmFailed, SmokeFailed, WatchFailed
 from orchestrator.backends.compose.gpu_room import GpuRoomError
 from orchestrator.backends.compose.haproxy import EdgeRuntime
 from orchestrator.backends.compose.stack import other, reason_of, short
-from orchestrator.errors import CandidateExited, OrchestratorError
+from orchestrator.errors import CanaryFailed, CandidateExited, OrchestratorError
 from orchestrator.ledger import Live
 from orchestrator.switchflow import Reverted, Steps, Switch, pause_hook, result
 
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 def candidates_fault(e: Exception) -> bool:
     """Is this failure the candidate image's own (so its digest is marked failed)?"""
+    if isinstance(e, CanaryFailed):  # too little traffic to judge is not the image's fault
+        return e.verdict.metric != "traffic"
     return isinstance(e, (probe.ProbeError, SmokeFailed, ConfirmFailed, WatchFailed, CandidateExited))
 
 
@@ -40,7 +45,7 @@ class ComposeSwitch(Switch):
     step_names = {"shift": "flip"}
 
     def __init__(self, backend: ComposeBackend, *, action: str, version: str, live: Live, keep_previous: bool,
-                 rollback_to_previous: bool, repaired: list[str]):
+                 rollback_to_previous: bool, repaired: list[str], canary: CanaryPlan | None = None):
         self.b, self.stack, self.checks = backend, backend.stack, backend.checks
         self.action, self.to_version, self.target = action, version, backend.target
         self.live = live
@@ -54,6 +59,14 @@ class ComposeSwitch(Switch):
         self.warm = self.started = self.flipped = False
         self.t0 = time.monotonic()
         self.traffic_s: float | None = None  # command start -> new requests go to the candidate
+        # --canary: the shift role moves traffic in judged steps (canary_shift.py) instead of at once.
+        self.canary = canary
+        self.canary_started = False
+        self.canary_steps: Steps | None = None
+        self.canary_results: list[dict[str, Any]] = []
+        self.record: Any = None  # the switch's ledger record (the backend sets it; canary steps use it)
+        if canary is not None:
+            self.step_names = {"shift": "canary"}
 
     def plan(self, role: str) -> tuple[str, dict[str, Any]] | None:
         slot, version = self.slot, self.to_version
@@ -69,6 +82,8 @@ class ComposeSwitch(Switch):
             # A warm previous slot passed its smoke test when it went live and has served since.
             return None if (self.warm and self.rollback_to_previous) else ("golden images on the slot", {})
         if role == "shift":
+            if self.canary is not None:
+                return self.canary.describe(), {"canary": self.canary.shares}
             return f"edge → {slot}, drain {self.from_slot}", {}
         if role == "confirm":
             return f"{self.stack.edge_url}/v1/version names {version}", {}
@@ -84,6 +99,7 @@ class ComposeSwitch(Switch):
         self.warm = self.stack.slot_runs(self.slot, self.cand.image) and self.stack.ready_now(self.slot)
 
     def start(self) -> None:
+        self._monitoring()
         if self.warm:
             return
         verdict = self.stack.check_gpu_room()
@@ -103,7 +119,25 @@ class ComposeSwitch(Switch):
         assert self.cand is not None
         self.checks.smoke(self.slot, self.cand)
 
+    def _monitoring(self) -> None:
+        """Prometheus next to the edge: needed by a canary, kept running by every switch when on."""
+        if not self.stack.spec.monitoring:
+            return
+        try:
+            self.stack.ensure_monitoring()
+        except OrchestratorError as e:
+            if self.canary is not None:
+                raise
+            self.b.ctx.note(f"[yellow]warning: monitoring not started: {reason_of(e)}[/yellow]")
+
     def shift(self) -> None:
+        if self.canary is not None:
+            self.canary_steps = Steps(self.b.ctx, self.record)
+            results = canary_shift.run_canary(self, self.canary, self.canary_steps)
+            self.canary_results = [r.to_dict() for r in results]
+            self.traffic_s = round(time.monotonic() - self.t0, 3)
+            self.stack.write_edge_config(self.slot)
+            return
         self.rt = rt = self.stack.edge()
         self.flipped = True
         self.stack.point_edge_at(rt, self.slot)
@@ -129,6 +163,12 @@ class ComposeSwitch(Switch):
                 rt.retire(from_slot)
             except OrchestratorError as e:
                 notes.append(f"old slot not disabled in the edge: {e}")
+            if self.canary_started:
+                problem = canary_shift.reset_weights(self)
+                if problem:
+                    notes.append(problem)
+        if self.canary_steps is not None:
+            steps.phases.update(self.canary_steps.phases)
         if not self.keep_previous:
             with steps.step("stop", f"stop {from_slot}"):
                 try:
@@ -146,7 +186,8 @@ class ComposeSwitch(Switch):
         return result(outcome="succeeded", target=self.target, from_version=self.live.version,
                       to_version=cand.version, digest=cand.digest, slot=self.slot, reason="; ".join(notes) or None,
                       phases=steps.phases, warm=self.warm, kept_previous=self.keep_previous,
-                      repaired=self.repaired, traffic_switched_s=self.traffic_s)
+                      repaired=self.repaired, traffic_switched_s=self.traffic_s,
+                      **({"canary": self.canary_results} if self.canary is not None else {}))
 
     def revert(self, error: Exception, at: str) -> Reverted:
         outcome, problem = "failed", None
@@ -159,6 +200,10 @@ class ComposeSwitch(Switch):
             except Exception as back:
                 problem = f"flipping back failed: {reason_of(back)}"
                 self.stack.write_edge_config(self.from_slot)  # the file at least says what should be live
+        if self.canary_started:
+            weights = canary_shift.reset_weights(self)
+            if weights:
+                problem = f"{problem}; {weights}" if problem else weights
         if self.started or self.flipped:
             self.stack.stop_quietly(self.slot)
         return Reverted(outcome, problem)
@@ -207,6 +252,11 @@ class FirstUp(Switch):
         self.stack.ensure_edge_image()
         self.stack.write_env(BLUE_IMAGE=self.cand.image, GREEN_IMAGE=self.cand.image)
         self.stack.write_edge_config(None)
+        if self.stack.spec.monitoring:
+            try:
+                self.stack.ensure_monitoring()
+            except OrchestratorError as e:
+                self.b.ctx.note(f"[yellow]warning: monitoring not started: {reason_of(e)}[/yellow]")
         self.stack.up_slot(self.slot)
 
     def ready(self) -> None:
