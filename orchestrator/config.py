@@ -8,6 +8,8 @@ Without a file the embedded default holds: target `local` = compose on this host
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +71,17 @@ class ComposeTarget(_Strict):
             return None
         text = v if isinstance(v, str) else ",".join(str(x) for x in v)
         return parse_shares(text)
+
+    @field_validator("canary_thresholds", mode="before")
+    @classmethod
+    def _thresholds_text(cls, v: Any) -> Any:
+        # AADS_TARGET_<NAME>_CANARY_THRESHOLDS carries them as JSON text ('{"max_p99_ratio": 2}')
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"canary_thresholds must be a mapping (JSON in the environment): {e}") from None
+        return v
 
     @field_validator("canary_thresholds")
     @classmethod

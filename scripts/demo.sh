@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The AADS-ULoRA story on this host, what `make demo` runs once both images are built and pushed:
 #   deploy v5.5.3-performance -> a diagnosis through the edge -> switch to v5.5.4-dinov3 (DINOv3)
-#   -> a diagnosis showing the new backbone -> roll back -> status + history.
+#   -> a diagnosis showing the new backbone -> roll back -> a canary switch under light load, judged
+#   from Prometheus -> status + history.
 # Idempotent: a second run reuses the stack (`up` of the live version changes nothing) and the
 # images, and walks the same story again.
 #
@@ -72,11 +73,67 @@ heading "5. Roll back (orchestrator rollback --keep-previous): the warm previous
 "$ORCH" rollback --keep-previous
 diagnose "$EDGE"
 
-heading "6. Status, and the images of each version (CUDA: the plain tag, CPU: -cpu)"
+heading "6. A canary switch to $TO_VERSION under light load, judged on live traffic (switch --canary 50,100 --step 15s)"
+# Three clients post the golden images through the edge while the edge gives the candidate 50%,
+# then 100%; after each step the analysis compares both versions from Prometheus (error rate, p99
+# ratio, review share, decision mix, OOD scores). A failed analysis puts $FROM_VERSION back at once.
+load_stop=$(mktemp)
+"$PY" - "$EDGE" "$KEYS" "$load_stop" <<'EOF' &
+import base64, collections, itertools, os, sys, threading, time
+import requests
+from orchestrator.golden import golden_images
+edge, keys, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+headers = {}
+if keys and os.path.isfile(keys):
+    from orchestrator import api_keys
+    headers = {"X-API-Key": api_keys.own_key(api_keys.read_keys(__import__("pathlib").Path(keys)))}
+bodies = [{"image": base64.b64encode(png).decode()} for _, png in golden_images()]
+served, failed, lock = collections.Counter(), [0], threading.Lock()
+def client(offset):
+    for body in itertools.islice(itertools.cycle(bodies), offset, None):
+        if not os.path.exists(stop):
+            return
+        try:
+            r = requests.post(f"{edge}/v1/diagnose", json=body, headers=headers, timeout=60)
+            ok = r.ok
+            version = r.json()["version"] if ok else None
+        except requests.RequestException:
+            ok, version = False, None
+        with lock:
+            if ok:
+                served[version] += 1
+            else:
+                failed[0] += 1
+        time.sleep(0.2)
+threads = [threading.Thread(target=client, args=(i * 3,)) for i in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(f"load during the canary: {sum(served.values())} answered "
+      f"({', '.join(f'{v}: {n}' for v, n in sorted(served.items()))}), {failed[0]} failed")
+EOF
+load_pid=$!
+canary_rc=0
+# The demo's two model sets are random-weight stand-ins that name different diseases for the same
+# golden image: at the default thresholds the analysis sees a decision mix far from live's (about
+# 0.5 against a bound of 0.25) and stops the candidate at 50%, which is what it is for; a
+# candidate that decides like live is promoted (tests/integration/test_canary_switch.py).
+"$ORCH" switch "$TO_VERSION" --canary 50,100 --step 15s --keep-previous || canary_rc=$?
+rm -f "$load_stop"
+wait "$load_pid"
+if [ "$canary_rc" -eq 0 ]; then
+    echo "canary promoted $TO_VERSION; rolling back to $FROM_VERSION so the next run tells the same story"
+    "$ORCH" rollback --keep-previous
+else
+    echo "the canary analysis stopped $TO_VERSION (exit $canary_rc): $FROM_VERSION kept serving, no request failed"
+fi
+
+heading "7. Status, and the images of each version (CUDA: the plain tag, CPU: -cpu)"
 "$ORCH" status
 "$ORCH" list
 
-heading "7. History"
+heading "8. History"
 "$ORCH" history --limit 10
 
 printf '\n\033[1mdemo done in %ss.\033[0m The stack keeps running: edge on %s, `%s status`, runbook: docs/operations.md\n' \

@@ -81,3 +81,13 @@ def test_find_root_walks_up(tmp_path):
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     assert config.find_root(deep) == tmp_path.resolve()
+
+
+def test_canary_thresholds_come_from_the_environment_as_json(tmp_path):
+    f = write(tmp_path, "targets:\n  local: {kind: compose}\n")
+    env = {"AADS_TARGET_LOCAL_CANARY_THRESHOLDS": '{"max_p99_ratio": 2, "min_diagnoses": 5}'}
+    assert config.load(f, env=env).target("local")[1].canary_thresholds == {"max_p99_ratio": 2, "min_diagnoses": 5}
+    for bad, needle in (("{max_p99_ratio", "must be a mapping"), ('{"max_latency": 2}', "max_latency")):
+        cfg = config.load(f, env={"AADS_TARGET_LOCAL_CANARY_THRESHOLDS": bad})
+        with pytest.raises(ConfigError, match=needle):
+            cfg.target("local")
