@@ -115,10 +115,11 @@ print(f"load during the canary: {sum(served.values())} answered "
 EOF
 load_pid=$!
 canary_rc=0
-# The demo's two model sets are random-weight stand-ins that name different diseases for the same
-# golden image: at the default thresholds the analysis sees a decision mix far from live's (about
-# 0.5 against a bound of 0.25) and stops the candidate at 50%, which is what it is for; a
-# candidate that decides like live is promoted (tests/integration/test_canary_switch.py).
+# The demo's two model sets are random-weight stand-ins that decide differently on some golden
+# images; over 8 images and ~100 answers per version the decision-mix and OOD figures land near
+# their bounds (measured here: mix 0.18-0.56 against 0.25, OOD KS 0.25-0.43 against 0.30), so a
+# run either promotes the candidate or stops it at 50% naming the figure. Either way no request
+# fails and the live version serves throughout.
 "$ORCH" switch "$TO_VERSION" --canary 50,100 --step 15s --keep-previous || canary_rc=$?
 rm -f "$load_stop"
 wait "$load_pid"
