@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,6 +64,9 @@ class LoadSpec:
     clients: int = 2                 # threads per kind (each keepalive thread holds one connection)
     method: str = "GET"
     body: bytes | None = None
+    # Called per request for its body instead of `body` (e.g. a photo that differs in every request,
+    # as real uploads do, so a response cache does not answer them all).
+    body_factory: Callable[[], bytes] | None = None
     content_type: str = "application/json"
     timeout_s: float = 5.0           # per request
     track_key: str | None = None     # JSON key of the answer to count per second (e.g. "version")
@@ -219,11 +222,12 @@ class _Client(threading.Thread):
         started = time.monotonic()
         t = started - self.gen.t0
         headers = {**dict(spec.headers), "Connection": "close" if self.kind == "fresh" else "keep-alive"}
-        if spec.body is not None:
+        payload = spec.body_factory() if spec.body_factory is not None else spec.body
+        if payload is not None:
             headers["Content-Type"] = spec.content_type
         conn = self._connection()
         try:
-            conn.request(spec.method, self.path, body=spec.body, headers=headers)
+            conn.request(spec.method, self.path, body=payload, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             latency = time.monotonic() - started

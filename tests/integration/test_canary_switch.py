@@ -22,8 +22,11 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import struct
 import tarfile
 import time
+import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -119,9 +122,19 @@ def load_leaf(stack, biased) -> bytes:
     pytest.fail(f"{LIVE_VERSION} accepts none of the {len(biased['reviewed'])} leaves the biased set reviews")
 
 
+def with_nonce(png_bytes: bytes) -> bytes:
+    """The same image (same pixels, same decision) in different bytes: a tEXt chunk with a fresh
+    nonce before IEND. Real uploads differ in every request; identical bytes would be answered by
+    the response cache, warm on live and cold on the candidate, which is not what a canary judges."""
+    text = b"nonce\x00" + uuid.uuid4().hex.encode()
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    iend = png_bytes.rindex(b"IEND") - 4  # the chunk's length field
+    return png_bytes[:iend] + chunk + png_bytes[iend:]
+
+
 def load(stack: Stack, leaf: bytes) -> LoadGenerator:
     return LoadGenerator(LoadSpec(url=f"{stack.edge_url}/v1/diagnose", rate=1, duration_s=900, clients=1,
-                                  method="POST", body=multipart(leaf),
+                                  method="POST", body_factory=lambda: multipart(with_nonce(leaf)),
                                   content_type=f"multipart/form-data; boundary={BOUNDARY}", timeout_s=60,
                                   track_key="version", headers=tuple(stack.api_headers.items())))
 
