@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from .conftest import b64
+from tests.processes import wait_process_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,17 +46,7 @@ def start_service(model_set, port: int, **env) -> subprocess.Popen:
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"service exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail("service did not get ready")
+    wait_process_ready(base, proc, timeout)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.processes import wait_process_ready
+
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 
@@ -91,17 +93,7 @@ def start_serving(model_set, name: str, **env: str) -> ServingProcess:
 
 
 def wait_ready(service: ServingProcess, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            pytest.fail(f"{service.name} exited with {service.proc.returncode}: {service.proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{service.url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{service.name} did not get ready in {timeout}s")
+    wait_process_ready(service.url, service.proc, timeout, service.name)
 
 
 def scrape_config(targets: dict[str, int], interval_s: int = 1) -> dict:
