@@ -10,8 +10,8 @@ In file order on one stack:
      passes as a real build's would): stopped at the first step, the analysis names the metric,
      its digest is marked failed, exit 5, and it answered no more than about its 25% share
   -> switch to a SLOW rebuild of the live version (tests/integration/fault_wrapper.py `slow`: the real
-     service with every /v1/ request from the edge held back 12 s): stopped at the first step on
-     p99_ratio, the same way.
+     service with every /v1/ request from the edge held back 12 s; that switch is judged with the
+     shipped max_p99_ratio 1.5): stopped at the first step on p99_ratio, the same way.
 Both slots of the last two switches run the same version, so the analysis tells them apart by `slot`.
 The thresholds are the defaults except min_diagnoses (the test's load is small), the p99 ratio (8:
 the two backbones differ in cost on a shared CPU, and a just-started candidate is slower; seen:
@@ -57,9 +57,9 @@ SHARES = "25,100"
 STEP = "8s"
 BOUNDARY = "aadscanaryboundary"
 MODEL_METRICS = {"review_increase", "decision_divergence"}
-# The slow candidate's added delay: live's diagnosis p99 under this test's load is under 1 s (the
-# slow test prints it), so 12 s keeps the ratio past max_p99_ratio (8) unless live's own p99 passes
-# 1.8 s; and under the edge's 30 s drain, so the revert lets the held requests finish.
+# The slow candidate's added delay: many times live's diagnosis p99 under this test's load (the slow
+# test prints both), so its p99 (bucket 10-15 s) stays past 1.5x live's unless live's passes 8 s;
+# and under the edge's 30 s drain, so the revert lets the held requests finish.
 SLOW_DELAY_S = 12.0
 
 
@@ -285,8 +285,9 @@ def test_a_biased_candidate_is_stopped_at_the_first_step_naming_the_metric(stack
 
 def test_a_slow_candidate_is_stopped_at_the_first_step_naming_p99(stack, load_leaf, engine_client):
     """A rebuild of the live version behind the `slow` fault (tests/integration/fault_wrapper.py): every
-    /v1/ request from the edge held back SLOW_DELAY_S in front of the real service. The delay is many
-    times live's p99 under this load (printed below), so the verdict does not hang on the machine's load."""
+    /v1/ request from the edge held back SLOW_DELAY_S in front of the real service. Judged with the
+    shipped p99 threshold (1.5; the module's 8 is for two different backbones, here both sides run
+    one image): the candidate's p99 is past the delay, live's would have to pass 8 s to hide it."""
     live = stack.live()
     ledger = stack.ledger()
     try:
@@ -294,13 +295,15 @@ def test_a_slow_candidate_is_stopped_at_the_first_step_naming_p99(stack, load_le
                                         delay_s=SLOW_DELAY_S)
     finally:
         ledger.close()
+    thresholds = {k: v for k, v in yaml_target(stack)["canary_thresholds"].items() if k != "max_p99_ratio"}
+    env = {f"AADS_TARGET_{stack.name.upper()}_CANARY_THRESHOLDS": json.dumps(thresholds)}
     before = answered(stack)
     with load(stack, load_leaf) as gen:
-        r = stack.run("switch", live.version, "--canary", SHARES, "--step", STEP)
+        r = stack.run("switch", live.version, "--canary", SHARES, "--step", STEP, env=env)
         result = gen.result()
     assert r.returncode == 5, r.stderr[-4000:]
     error = one_line_error(r.stderr)
-    assert "canary step 25%: analysis failed on p99_ratio:" in error, error
+    assert "canary step 25%: analysis failed on p99_ratio:" in error, r.stderr[-4000:]
     # Live kept serving every request; the candidate answered about its share and no more.
     assert result.sent > 0 and result.failed == 0, f"{result.failed}/{result.sent} failed: {result.failures()[:5]}"
     after = answered(stack)
@@ -316,7 +319,9 @@ def test_a_slow_candidate_is_stopped_at_the_first_step_naming_p99(stack, load_le
     assert entry["outcome"] == "reverted" and entry["failed_digest"] is True, entry
     [step] = entry["canary"]
     assert (step["share"], step["outcome"], step["metric"]) == (25, "fail", "p99_ratio"), step
-    assert step["figures"]["p99_ratio"] > 8.0, step["figures"]
+    # What the analysis saw is the injected delay, in the service's own histogram.
+    cand_p99, live_p99 = (p99(stack, slot) for slot in (cand_slot, live.slot))
+    assert cand_p99 >= SLOW_DELAY_S, (cand_p99, live_p99, step["figures"])
     ledger = stack.ledger()
     try:
         reasons = [x["reason"] for x in ledger.failed_digests()[digest]]
@@ -326,16 +331,17 @@ def test_a_slow_candidate_is_stopped_at_the_first_step_naming_p99(stack, load_le
     status = stack.json("status")
     slots = {s["slot"]: s for s in status["slots"]}
     assert slots[cand_slot]["state"] != "running" and slots[cand_slot]["edge"] == "disabled", slots[cand_slot]
+    assert slots["blue"]["weight"] == 1 and slots["green"]["weight"] == 1
     assert status["last_analysis"]["outcome"] == "fail" and status["last_analysis"]["metric"] == "p99_ratio"
-    print(f"live p99 under the test's load: {live_p99(stack):.3f}s; candidate delay {SLOW_DELAY_S:g}s; "
+    print(f"slow candidate: p99 {cand_p99:.2f}s against live's {live_p99:.2f}s (delay {SLOW_DELAY_S:g}s); "
           f"step figures {step['figures']}")
 
 
-def live_p99(stack: Stack) -> float:
-    """Live's diagnosis p99 (seconds) over the last 2 minutes, from the stack's Prometheus."""
+def p99(stack: Stack, slot: str) -> float:
+    """`slot`'s diagnosis p99 (seconds) over the last 3 minutes, from the stack's Prometheus."""
     from orchestrator.canary import queries as q
     from orchestrator.canary.prometheus import PrometheusClient
 
     with PrometheusClient(f"http://127.0.0.1:{yaml_target(stack)['prometheus_port']}") as prom:
-        value = prom.value(q.latency_quantile(q.matcher("slot", stack.live().slot), "120s"))
+        value = prom.value(q.latency_quantile(q.matcher("slot", slot), "180s"))
     return float("nan") if value is None else value
