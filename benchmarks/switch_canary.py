@@ -143,16 +143,18 @@ def _pct(x: float | None) -> float | None:
 
 
 def markdown(run: dict[str, Any]) -> list[str]:
+    outcome_note = f" ({run['error']})" if run.get("error") else ""
+    thresholds = ", ".join(f"`{k}` {v:g}" for k, v in run["thresholds"].items())
     lines = ["", f"### Canary run ({run['from']} → {run['to']})", "",
              f"`orchestrator {run['argv']}` on the same stack and the same GET load, plus a diagnosis load of "
              f"{run['diagnose_rate']:g} req/s per client kind (1 thread each; {run['pool']} synthetic leaves, fresh bytes "
              "per request) so the analysis has evidence. The step time is shortened for the bench "
-             f"(production default: `--step 60s`). Analysis thresholds of the bench target: {run['thresholds']} "
+             f"(production default: `--step 60s`). Analysis thresholds of the bench target: {thresholds} "
              "(model-behaviour limits opened: the two random demo sets decide differently; this run measures "
              "the mechanics, tests/integration/test_canary_switch.py proves the analysis).", "",
-             f"Outcome {run['outcome']}" + (f" ({run['error']})" if run.get("error") else "") + "; command wall {run['wall_s']:.2f} s, of which the configured step times "
-             f"{run['steps_configured_s']:g} s: {run['wall_minus_steps_s']:.2f} s outside the steps (start, ready, "
-             "smoke, drain, stop, CLI start-up).", "",
+             f"Outcome {run['outcome']}{outcome_note}; command wall {run['wall_s']:.2f} s, of which the configured "
+             f"step times {run['steps_configured_s']:g} s: {run['wall_minus_steps_s']:.2f} s outside the steps "
+             "(start, ready, smoke, drain, stop, CLI start-up).", "",
              "| step | weights live:candidate | step s (ledger) | overhead s | candidate share, HAProxy counters "
              "| candidate share, load's answers | analysis |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

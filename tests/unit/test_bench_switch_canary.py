@@ -51,6 +51,7 @@ def test_a_step_with_too_few_edge_samples_has_no_share():
         "wall_minus_steps_s": 10.0, "steps": [row],
         "load": {"fresh": {"sent": 3, "failed": 0}, "keepalive": {"sent": 3, "failed": 0}}}))
     assert "| 10% | 90:10 | 20.00 | 0.00 | – | – (0 answers) |" in text, text
+    assert "Outcome succeeded; command wall 50.00 s, of which the configured step times 40 s: 10.00 s" in text, text
 
 
 def test_fresh_bytes_keep_the_same_image():
