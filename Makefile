@@ -91,7 +91,7 @@ bench-ready: install models  ## time to /ready with its phases: this tree vs the
 bench-images: install engine models  ## image size per version/variant, layers shared by the versions, cold vs cached build
 	$(PY) benchmarks/bench_images.py
 
-bench-switch: images  ## switch + rollback under load through the edge (own stack; docs/benchmarks.md)
+bench-switch: images  ## switch, rollback and a canary switch under load through the edge (own stack; docs/benchmarks.md)
 	$(PY) benchmarks/bench_switch.py
 
 bench-backup: install engine  ## backup create/restore vs docker save/load, peak RSS, zstd (own multi-GB test image)

@@ -8,7 +8,13 @@ Stdlib only, started by the image's own python. AADS_FAULT picks the fault:
   5xx-after-flip  the real service behind a proxy: /health, /ready and every request from the host
                   (the smoke test comes through the published port, i.e. from the network gateway)
                   pass; /v1/* requests from anyone else (the edge) get 500 after the first
-                  AADS_FAULT_PASS_FIRST of them.
+                  AADS_FAULT_PASS_FIRST of them;
+  slow            the real service behind a proxy that holds back every /v1/* request from anyone
+                  but the host (i.e. from the edge) for AADS_FAULT_DELAY_S seconds between its head
+                  and its body. The service starts its clock at the head (serving/audit.py), so its
+                  own latency histogram, the one the canary analysis reads, and every client through
+                  the edge see each answer that much later; /health, /ready, /metrics and the smoke
+                  test from the host are as fast as the real image.
 
 In the proxy modes the service listens on AADS_FAULT_INNER_PORT and /v1/version names the faulty
 version (AADS_FAULT_VERSION), so the orchestrator's confirm step sees the version it deployed.
@@ -24,6 +30,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODE = os.environ.get("AADS_FAULT", "")
@@ -31,6 +38,7 @@ VERSION = os.environ.get("AADS_FAULT_VERSION", "")
 MANIFEST_SHA256 = os.environ.get("AADS_FAULT_MANIFEST_SHA256", "")
 INNER_PORT = int(os.environ.get("AADS_FAULT_INNER_PORT", "8001"))
 PASS_FIRST = int(os.environ.get("AADS_FAULT_PASS_FIRST", "0"))
+DELAY_S = float(os.environ.get("AADS_FAULT_DELAY_S", "0"))
 PORT = 8000
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding",
               "proxy-connection", "te", "trailer", "upgrade", "host"}
@@ -95,8 +103,9 @@ class Proxy(BaseHTTPRequestHandler):
                 Proxy.edge_requests += 1
             if n >= PASS_FIRST:
                 return self.reply(500, {"error": {"code": "fault", "message": "fault: 5xx after the flip"}})
+        delay = DELAY_S if MODE == "slow" and path.startswith("/v1/") and via_edge else 0.0
         try:
-            status, headers, data = self.forward(body)
+            status, headers, data = self.forward(body, delay)
         except OSError as e:
             return self.reply(503, {"error": {"code": "starting", "message": f"inner service: {e}"}})
         if status == 200 and path == "/v1/version":
@@ -105,11 +114,22 @@ class Proxy(BaseHTTPRequestHandler):
             data = self.rewrite(data, self.wrong_diagnosis)
         self.reply(status, data, headers)
 
-    def forward(self, body):
+    def forward(self, body, delay=0.0):
         conn = http.client.HTTPConnection("127.0.0.1", INNER_PORT, timeout=300)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            conn.request(self.command, self.path, body=body, headers=headers)
+            if delay > 0:
+                # The head now, the body `delay` later: the service is already timing the request.
+                conn.putrequest(self.command, self.path, skip_accept_encoding=True)
+                for k, v in headers.items():
+                    conn.putheader(k, v)
+                conn.putheader("Content-Length", str(len(body or b"")))
+                conn.endheaders()
+                time.sleep(delay)
+                if body:
+                    conn.send(body)
+            else:
+                conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.getheaders(), resp.read()
         finally:
@@ -153,7 +173,7 @@ def main():
         log("crashing at start, as built")
         return 3
     child = None
-    if MODE in ("wrong-golden", "5xx-after-flip"):
+    if MODE in ("wrong-golden", "5xx-after-flip", "slow"):
         child = subprocess.Popen(inner_command(sys.argv[1:]), env={**os.environ, "AADS_PORT": str(INNER_PORT)})
     elif MODE != "never-ready":
         log(f"unknown AADS_FAULT {MODE!r}")

@@ -2,7 +2,8 @@
 
 Each faulty image is a real built serving image plus one small layer: tests/integration/fault_wrapper.py
 as the entrypoint, which runs the image's own command behind a fault (crash at start, never ready,
-wrong golden answers, 5xx through the edge after the flip). It is pushed to the test registry
+wrong golden answers, 5xx through the edge after the flip, answers through the edge held back by a
+fixed delay). It is pushed to the test registry
 repository and recorded in the test ledger as a version of its own, with a version folder copied
 from its base version under a new name, so `orchestrator switch <faulty version>` treats it like
 any other version: resolve -> start -> ready -> smoke -> flip -> confirm -> watch.
@@ -11,6 +12,9 @@ any other version: resolve -> start -> ready -> smoke -> flip -> confirm -> watc
                              base_version="v5.5.3-performance", fault="never-ready")
     ... orchestrator switch fv.version ...
     remove_faulty_version(client, fv)
+
+`make_faulty_rebuild` records the faulty image as a rebuild of its base version instead (same name,
+manifest and golden outputs): the canary tests use it for a candidate that is slow, not renamed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import secrets
 import shutil
 import tarfile
 import time
@@ -30,7 +35,7 @@ from docker.errors import APIError, BuildError, ImageNotFound
 from orchestrator.ledger import Ledger
 from serving.manifest import manifest_sha256, validate_version_name
 
-FAULTS = ("crash", "never-ready", "wrong-golden", "5xx-after-flip")
+FAULTS = ("crash", "never-ready", "wrong-golden", "5xx-after-flip", "slow")
 WRAPPER = Path(__file__).with_name("fault_wrapper.py")
 WRAPPER_PATH = "/opt/aads-fault/fault_wrapper.py"
 BUILD_LABEL = "aads.test.fault"
@@ -91,9 +96,10 @@ def _image_command(client: docker.DockerClient, image: str) -> list[str]:
 
 
 def dockerfile(base_image: str, base_command: list[str], *, fault: str, version: str, manifest_sha: str,
-               pass_first: int) -> str:
+               pass_first: int, delay_s: float = 0.0) -> str:
     env = {"AADS_FAULT": fault, "AADS_FAULT_VERSION": version, "AADS_FAULT_MANIFEST_SHA256": manifest_sha,
-           "AADS_FAULT_PASS_FIRST": str(pass_first), "AADS_FAULT_INNER_PORT": "8001",
+           "AADS_FAULT_PASS_FIRST": str(pass_first), "AADS_FAULT_DELAY_S": f"{delay_s:g}",
+           "AADS_FAULT_INNER_PORT": "8001",
            "AADS_BUILD_VERSION": version}
     labels = {"aads.version": version, "org.opencontainers.image.version": version,
               "aads.manifest-sha256": manifest_sha, BUILD_LABEL: fault}
@@ -120,10 +126,10 @@ def _context_tar(files: dict[str, bytes]) -> io.BytesIO:
 
 
 def build_faulty_image(client: docker.DockerClient, base_image: str, *, fault: str, version: str,
-                       manifest_sha: str, tag: str, pass_first: int = 0) -> str:
+                       manifest_sha: str, tag: str, pass_first: int = 0, delay_s: float = 0.0) -> str:
     """Build the faulty image FROM `base_image`, tag it `tag`; return its image id."""
     text = dockerfile(base_image, _image_command(client, base_image), fault=fault, version=version,
-                      manifest_sha=manifest_sha, pass_first=pass_first)
+                      manifest_sha=manifest_sha, pass_first=pass_first, delay_s=delay_s)
     context = _context_tar({"Dockerfile": text.encode(), "fault_wrapper.py": WRAPPER.read_bytes()})
     try:
         image, _ = client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True,
@@ -175,6 +181,34 @@ def make_faulty_version(client: docker.DockerClient, ledger: Ledger, *, reposito
     ledger.record_push(version=version, build_id=build.id, repository=repository, tag=version, digest=digest)
     return FaultyVersion(version=version, fault=fault, base_version=base_version, image_id=image_id,
                          repository=repository, tag=version, digest=digest)
+
+
+def make_faulty_rebuild(client: docker.DockerClient, ledger: Ledger, *, base_digest: str, fault: str,
+                        delay_s: float = 0.0) -> tuple[str, str]:
+    """A faulty REBUILD of the pushed build whose digest is `base_digest`: the same version name,
+    manifest and golden outputs, the fault wrapper in front (e.g. `slow`). Pushed to the same
+    repository under a tag of its own and recorded as a newer build + push of that version, so
+    `orchestrator switch <version>` picks it; returns (digest, image id).
+
+    A rebuild, not a version of its own, because the service labels its metrics with its manifest's
+    version: live and candidate then run the same version and the canary analysis tells them apart
+    by slot, as it does for any rebuild.
+    """
+    base_push = next((p for p in ledger.pushes() if p.digest == base_digest), None)
+    if base_push is None:
+        raise FaultImageError(f"no push of digest {base_digest} in the test ledger {ledger.path}")
+    base_build = ledger.build(base_push.build_id)
+    tag = f"{base_push.version}-{base_build.variant}-{fault}-{secrets.token_hex(3)}"
+    image_id = build_faulty_image(client, base_build.image_id, fault=fault, version=base_push.version,
+                                  manifest_sha=base_build.manifest_sha256, tag=f"{base_push.repository}:{tag}",
+                                  delay_s=delay_s)
+    digest = push_image(client, base_push.repository, tag)
+    build = ledger.record_build(version=base_push.version, variant=base_build.variant, image_id=image_id,
+                                manifest_sha256=base_build.manifest_sha256, git_commit=base_build.git_commit,
+                                size_bytes=None, golden=base_build.golden, build_seconds=None)
+    ledger.record_push(version=base_push.version, build_id=build.id, repository=base_push.repository, tag=tag,
+                       digest=digest)
+    return digest, image_id
 
 
 def remove_faulty_version(client: docker.DockerClient, fv: FaultyVersion) -> None:

@@ -192,3 +192,22 @@ def test_a_repair_of_a_canary_killed_at_the_last_step_gives_live_its_weight_back
     assert [d["id"] for d in done] == [sw.id]
     assert backend.fake_edge.weights == {"blue": 1, "green": 1}
     assert backend.ctx.ledger.switch(sw.id).outcome == "interrupted"
+
+
+@pytest.mark.parametrize("fail_at", ["confirm", "watch"])
+def test_a_failure_after_the_last_step_gives_live_its_weight_back_before_flipping_back(canary_project, fail_at):
+    """At 100% live's weight is 0: flipping back onto it waits for a server that never serves unless
+    its weight comes back first (seen on the engine: `flipping back failed: edge did not see slot
+    green up`, the candidate left enabled while it was stopped)."""
+    backend = canary_project(fail_at=fail_at)
+    with pytest.raises(SwitchFailed) as err:
+        backend.switch(NEW, canary=[10, 100], step_s=0.01)
+    assert err.value.exit_code == 5 and f"reverted at {fail_at}" in str(err.value)
+    assert "flipping back failed" not in str(err.value), str(err.value)
+    sets = weight_sets(backend)
+    assert sets[-4:] == ["green 0", "blue 100", "blue 1", "green 1"], sets
+    back = backend.events.index("edge: blue state ready")
+    assert [e for e in backend.events[back:] if "weight" not in e] == [
+        "edge: blue state ready", "edge: green state drain", "edge: green state maint", "stop green"]
+    assert backend.rt.serving_slots() == ["blue"]
+    assert backend.ctx.ledger.live("local").version == OLD

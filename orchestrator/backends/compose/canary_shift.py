@@ -104,6 +104,19 @@ def run_canary(sw: ComposeSwitch, plan: CanaryPlan, steps: Steps) -> list[StepRe
     return done
 
 
+def live_takes_all(sw: ComposeSwitch) -> str | None:
+    """Before a revert flips back: live's weight up again, the candidate's 0. After the 100% step live
+    has weight 0, and the flip back waits for it to serve, which it never does at weight 0."""
+    try:
+        container = sw.stack.containers().get("edge")
+        if container is None:
+            return "the edge is gone: weights not set"
+        EdgeWeights.for_container(container).set_share(sw.from_slot, sw.slot, 0)
+    except Exception as e:  # noqa: BLE001 - the flip back then reports what it finds
+        return f"edge weights not handed back to live: {e}"
+    return None
+
+
 def reset_weights(sw: ComposeSwitch) -> str | None:
     """Both servers back to the config file's weight (the next switch flips by state, not weight)."""
     return reset_stack_weights(sw.stack, (sw.from_slot, sw.slot))

@@ -191,6 +191,8 @@ class ComposeSwitch(Switch):
 
     def revert(self, error: Exception, at: str) -> Reverted:
         outcome, problem = "failed", None
+        if self.canary_started and self.flipped:
+            problem = canary_shift.live_takes_all(self)
         if self.flipped:
             outcome = "reverted"
             try:
@@ -198,7 +200,8 @@ class ComposeSwitch(Switch):
                 self.stack.write_edge_config(self.from_slot)
                 self.b.ctx.note(f"  edge flipped back to {self.from_slot} ({self.live.version})")
             except Exception as back:
-                problem = f"flipping back failed: {reason_of(back)}"
+                flip_problem = f"flipping back failed: {reason_of(back)}"
+                problem = f"{problem}; {flip_problem}" if problem else flip_problem
                 self.stack.write_edge_config(self.from_slot)  # the file at least says what should be live
         if self.canary_started:
             weights = canary_shift.reset_weights(self)
