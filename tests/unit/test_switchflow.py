@@ -224,3 +224,16 @@ def test_the_pause_hook_waits_as_long_as_the_pause_seconds_say_polling_often(mon
     switchflow.pause_hook("ready")
     assert set(clock.sleeps) == {0.05}                 # a deleted file is seen within 50 ms
     assert 2.0 <= sum(clock.sleeps) < 2.0 + 2 * 0.05    # AADS_PAUSE_SECONDS, not the 60 s default
+
+
+def test_the_revert_gets_the_error_that_stopped_the_switch():
+    # Kubernetes' revert decides by it (an unobservable rollout is "unknown", not undone).
+    class Keeps(Demo):
+        def revert(self, error, at):
+            self.got = error
+            return super().revert(error, at)
+
+    sw = Keeps(fail_at="ready", error=ValueError)
+    with pytest.raises(SwitchFailed):
+        switchflow.run(Ctx(), Record(), sw)
+    assert isinstance(sw.got, ValueError) and str(sw.got).startswith("ready broke (on purpose)")
