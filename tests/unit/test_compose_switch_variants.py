@@ -41,3 +41,12 @@ def test_a_variant_that_was_never_pushed_is_refused_naming_it(project):
     sw = backend.ctx.ledger.history("local")[-1]
     assert sw.outcome == "failed" and sw.digest is None
     assert backend.ctx.ledger.live("local").version == OLD
+
+
+def test_the_live_version_asked_again_is_a_noop_recorded_with_the_live_digest(project):
+    # Even when the target's variant has no push of it (live runs the cpu image, the target now says cuda).
+    backend = deploys(project(), "cuda")
+    out = backend.switch(OLD)
+    assert out["outcome"] == "noop"
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert (sw.outcome, sw.digest) == ("noop", digest(OLD))
