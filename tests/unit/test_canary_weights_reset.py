@@ -60,3 +60,24 @@ def test_when_flipping_back_and_the_weights_both_fail_the_reason_names_both(cana
     message = str(err.value)
     assert "; flipping back failed: edge runtime API failed (exit 126)" in message, message
     assert message.index("flipping back failed") < message.index("; edge weights not reset:"), message
+
+
+def test_a_finished_canary_leaves_the_config_file_naming_the_new_slot_and_times_its_traffic(canary_project):
+    import time
+
+    from orchestrator.backends.compose.haproxy import config_live_slot
+
+    backend = canary_project()
+    started = time.monotonic()
+    out = backend.switch(NEW, canary=[10, 100], step_s=0.01)
+    took = time.monotonic() - started
+    assert config_live_slot(backend.stack.cfg_path.read_text()) == out["slot"] == "green"
+    assert isinstance(out["traffic_switched_s"], float) and 0 <= out["traffic_switched_s"] <= took, out
+
+
+def test_a_canary_switch_that_fails_before_its_steps_still_records_the_planned_shares(canary_project):
+    backend = canary_project(fail_at="smoke")
+    with pytest.raises(SwitchFailed):
+        backend.switch(NEW, canary=[10, 100], step_s=0.01)
+    sw = backend.ctx.ledger.history("local")[-1]
+    assert sw.outcome == "failed" and sw.data["canary"] == [10, 100], sw.data
