@@ -46,3 +46,17 @@ def test_a_check_may_take_longer_than_the_check_interval():
         assert check, "backend slots has no `timeout check`: a check would time out after inter"
         assert seconds(check[0]) >= 5 * inter, (check[0], inter)
         assert seconds(check[0]) >= 5.0, check[0]
+
+
+def test_the_written_config_is_readable_by_the_edge_whatever_the_umask(tmp_path):
+    # The edge runs as the haproxy user: a 0600 file (an operator's umask 077) would stop it reading it.
+    import os
+
+    from orchestrator.backends.compose.haproxy import write_config
+
+    old = os.umask(0o077)
+    try:
+        write_config(tmp_path / "haproxy.cfg", render_config(TEMPLATE.read_text(), "blue"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "haproxy.cfg").stat().st_mode & 0o777 == 0o644
