@@ -63,10 +63,12 @@ MUTATION_SCOPE := 'orchestrator.backends.compose.haproxy.*' 'orchestrator.resolv
 	'orchestrator.switchflow.x_run__mutmut_*' 'orchestrator.switchflow.x_fail__mutmut_*' \
 	'orchestrator.backends.compose.switch.x*ComposeSwitch*' \
 	'orchestrator.backends.compose.backend.x*ComposeBackend*_switch_locked__mutmut_*' \
-	'orchestrator.backup.verify.*' 'serving.pipeline.x*Pipeline*_decide__mutmut_*'
+	'orchestrator.backup.verify.*' \
+	'serving.decision.*' 'serving.ood.x*OODModel*scores__mutmut_*'
 
+# OMP_NUM_THREADS=1: a forked mutant run that inherits torch's thread pool can hang (a false "timeout").
 mutation: install  ## mutation testing (mutmut) of the promise-carrying code against the fast tests; docs/testing.md
-	nice -n 10 $(VENV)/bin/mutmut run --max-children 2 $(MUTATION_SCOPE)
+	OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2 $(MUTATION_SCOPE)
 	$(PY) scripts/mutation_report.py $(MUTATION_SCOPE)
 
 .PHONY: lint

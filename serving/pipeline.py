@@ -29,6 +29,7 @@ from serving import precision as precision_mod
 from serving.backbones import EncoderView, load_backbone, pick_device
 from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
 from serving.checkpoints import check_config_matches, read_config, weights_digest
+from serving.decision import decide
 from serving.manifest import Manifest
 from serving.mixed_adapters import MixedAdapters
 from serving.phases import Phases
@@ -463,13 +464,8 @@ class Pipeline:
             yield crop, members, feats, used.tolist()
 
     def _decide(self, router_score: float | None, ood_score: float, confidence: float) -> tuple[str, str | None]:
-        if router_score is not None and router_score > 1.0:
-            return "review", "not_a_supported_crop"
-        if ood_score > 1.0:
-            return "review", "unfamiliar_for_crop"
-        if confidence < self.confidence_threshold:
-            return "review", "low_confidence"
-        return "accept", None
+        """The set's confidence threshold applied by the pure rule (serving.decision)."""
+        return decide(router_score, ood_score, confidence, self.confidence_threshold)
 
     # ---------------------------------------------------------------- dynamic depth calibration
     def calibrate_depth(self, images: list[Image.Image], target_agreement: float | None = None,

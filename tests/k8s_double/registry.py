@@ -1,5 +1,6 @@
 """A registry double for the tag check before a switch: HEAD/GET /v2/<name>/manifests/<tag>
-answers the digest a test set (Docker-Content-Digest), 404 for an unknown tag.
+answers the digest a test set (Docker-Content-Digest), 404 for an unknown tag; with `basic_auth`
+set, 401 (a Basic challenge) to a request without those credentials.
 
 Only the one question `orchestrator.registry.RegistryClient.tag_digest` asks; the real registry
 is used once, in the engine-marked tamper test.
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class RegistryDouble:
     def __init__(self) -> None:
         self.tags: dict[tuple[str, str], str] = {}  # (name, tag) -> digest
+        self.basic_auth: str | None = None  # "Basic <base64 user:password>" every request must carry, or 401
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,6 +26,9 @@ class RegistryDouble:
                 pass
 
             def _answer(self, body: bool) -> None:
+                if double.basic_auth and self.headers.get("Authorization") != double.basic_auth:
+                    return self._send(401, {"errors": [{"code": "UNAUTHORIZED"}]},
+                                      {"WWW-Authenticate": 'Basic realm="registry double"'}, body)
                 parts = self.path.split("/")
                 if self.path.rstrip("/") == "/v2":
                     return self._send(200, {}, {}, body)

@@ -78,3 +78,20 @@ def test_the_report_lists_each_checked_member_with_its_size_and_checksum(tmp_pat
     assert report["members"] == [{"name": name, "size": sizes[name], "sha256": sums[name]}
                                  for name in sizes if name in sums]
     assert len(report["members"]) >= 3 and all(len(m["sha256"]) == 64 for m in report["members"])
+
+
+def test_an_archive_removed_while_a_failing_verify_reads_it_is_still_the_archive_error(tmp_path):
+    # The reader holds the file open; a removal mid-read must not turn the named problem into a traceback,
+    # nor leave a sidecar for an archive that is gone.
+    path = make_archive(tmp_path)
+    copy_with(path, path, flip=path.stat().st_size // 2)
+    removed = []
+
+    def remove_it(phase, done, total):
+        if not removed:
+            path.unlink()
+            removed.append(phase)
+
+    with pytest.raises(ArchiveError):
+        verify_archive(path, progress=remove_it, host_key=KEY)
+    assert removed and not path.exists() and not sidecar_path(path).exists()

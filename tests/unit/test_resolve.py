@@ -6,6 +6,8 @@ the ledger is a real one in a temporary state dir.
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,66 @@ def test_a_push_recorded_by_a_local_restore_is_not_checked_against_the_registry(
                            digest=digest(VERSION), origin="push")
     with pytest.raises(TamperError, match="is gone"):  # a normal push is checked
         resolve(ctx, VERSION)
+
+
+def record(ctx: Context, registry: RegistryDouble, variant: str, pushed: bool = True) -> str:
+    """A build (and push, under its own tag) of VERSION's `variant`; the pushed digest."""
+    build = ctx.ledger.record_build(version=VERSION, variant=variant, image_id=digest(f"image {variant}"),
+                                    manifest_sha256="0" * 64, git_commit=None, size_bytes=None, golden=[])
+    if pushed:
+        tag = f"{VERSION}-{variant}"
+        ctx.ledger.record_push(version=VERSION, build_id=build.id, repository=f"{registry.host}/{NAME}", tag=tag,
+                               digest=digest(variant))
+        registry.tags[(NAME, tag)] = digest(variant)
+    return digest(variant)
+
+
+def test_each_variant_resolves_to_its_own_push(ctx, registry):
+    cpu, cuda = record(ctx, registry, "cpu"), record(ctx, registry, "cuda")
+    for variant, pushed in (("cpu", cpu), ("cuda", cuda)):
+        dep = resolve(ctx, VERSION, variant=variant)
+        assert (dep.variant, dep.digest, dep.push.variant, dep.build.variant) == (variant, pushed, variant, variant)
+    assert resolve(ctx, VERSION).variant == "cuda"  # no variant named: the latest push of any
+
+
+def test_a_missing_variant_says_which_and_what_to_run(ctx, registry):
+    record(ctx, registry, "cpu")
+    with pytest.raises(UsageError) as refused:
+        resolve(ctx, VERSION, variant="cuda")  # the cpu variant is pushed, not this one
+    assert str(refused.value) == (f"the cuda variant of {VERSION} is not built: run `orchestrator build {VERSION} "
+                                  f"--variant cuda` then `orchestrator push {VERSION} --variant cuda`")
+    record(ctx, registry, "cuda", pushed=False)
+    with pytest.raises(UsageError) as refused:
+        resolve(ctx, VERSION, variant="cuda")
+    assert str(refused.value) == (f"the cuda variant of {VERSION} is built but not pushed: "
+                                  f"run `orchestrator push {VERSION} --variant cuda`")
+
+
+def test_no_variant_named_and_nothing_built_names_the_version(ctx):
+    with pytest.raises(UsageError) as refused:
+        resolve(ctx, VERSION)
+    assert str(refused.value) == (f"version {VERSION} is not built: run `orchestrator build {VERSION}` "
+                                  f"then `orchestrator push {VERSION}`")
+
+
+def test_the_tag_check_uses_the_configured_registry_credentials(tmp_path, registry, monkeypatch):
+    # The registry asks for credentials; only orchestrator.yaml's `registries.<host>.credentials_file` has them.
+    for name in ("AADS_REGISTRY_USERNAME", "AADS_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    creds = tmp_path / "registry-credentials.json"
+    creds.write_text(json.dumps({"registry": registry.host, "username": "deployer", "password": "s3cret"}))
+    creds.chmod(0o600)
+    registry.basic_auth = "Basic " + base64.b64encode(b"deployer:s3cret").decode()
+    (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump({
+        "registry": f"{registry.host}/{NAME}", "state_dir": "state", "versions_dir": str(ROOT / "versions"),
+        "registries": {registry.host: {"credentials_file": creds.name}}}))
+    context = Context(config_path=str(tmp_path / "orchestrator.yaml"))
+    try:
+        push(context, registry)
+        assert resolve(context, VERSION).digest == digest(VERSION)
+        registry.tags[(NAME, VERSION)] = digest("moved")
+        with pytest.raises(TamperError, match="moved to"):  # asked with the credentials, answered
+            resolve(context, VERSION)
+    finally:
+        context.ledger.close()

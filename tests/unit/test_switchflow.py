@@ -179,3 +179,61 @@ def test_a_revert_may_raise_its_own_error_and_record_its_own_outcome_and_reason(
     with pytest.raises(TamperError, match="outcome unknown"):
         switchflow.run(ctx, Record(), Unknowable(fail_at="ready"))
     assert ctx.ledger.calls[-1] == ("finish", "unknown", "ready broke (on purpose)")
+
+
+class PlanBreaks(Demo):
+    """The first role's plan fails: no step was entered yet."""
+
+    def plan(self, role):
+        raise RuntimeError(f"cannot plan {role} (on purpose)")
+
+
+@pytest.mark.parametrize("step_names, at", [({}, "resolve"), ({"resolve": "lookup"}, "lookup")])
+def test_a_failure_before_the_first_step_is_recorded_at_the_resolve_step(step_names, at):
+    ctx = Ctx()
+    sw = PlanBreaks()
+    sw.step_names = step_names
+    with pytest.raises(SwitchFailed) as e:
+        switchflow.run(ctx, Record(), sw)
+    assert sw.done == [f"revert@{at}"]
+    assert str(e.value) == f"switch to v2 failed at {at}: cannot plan resolve (on purpose)"
+    assert ctx.ledger.calls == [("finish", "failed", f"{at}: cannot plan resolve (on purpose)")]
+
+
+class Clock:
+    """time.monotonic and time.sleep for the pause hook: sleeping moves the clock, instantly."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_the_pause_hook_waits_as_long_as_the_pause_seconds_say_polling_often(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(switchflow, "time", clock)
+    monkeypatch.setenv("AADS_PAUSE_AT_STEP", "ready")
+    monkeypatch.setenv("AADS_PAUSE_SECONDS", "2")
+    monkeypatch.delenv("AADS_PAUSE_REACHED_FILE", raising=False)
+    switchflow.pause_hook("ready")
+    assert set(clock.sleeps) == {0.05}                 # a deleted file is seen within 50 ms
+    assert 2.0 <= sum(clock.sleeps) < 2.0 + 2 * 0.05    # AADS_PAUSE_SECONDS, not the 60 s default
+
+
+def test_the_revert_gets_the_error_that_stopped_the_switch():
+    # Kubernetes' revert decides by it (an unobservable rollout is "unknown", not undone).
+    class Keeps(Demo):
+        def revert(self, error, at):
+            self.got = error
+            return super().revert(error, at)
+
+    sw = Keeps(fail_at="ready", error=ValueError)
+    with pytest.raises(SwitchFailed):
+        switchflow.run(Ctx(), Record(), sw)
+    assert isinstance(sw.got, ValueError) and str(sw.got).startswith("ready broke (on purpose)")
