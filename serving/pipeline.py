@@ -225,7 +225,11 @@ class Pipeline:
             pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
             return pipe
         log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
-        del pipe, model
+        if pipe.dtype == torch.float32:  # refused before any cast: the fp32 model built above stands
+            pipe.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
+            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+            return pipe
+        del pipe, model  # cast to bf16 for the golden pass: its weights were rounded, read them again
         fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal",
                         phases=phases)
         fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
