@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ("v5.5.4-dinov3", "v5.5.3-performance")
 BASELINE = "27b3114"  # main before issue 16 (fp32, no phases, from_pretrained, hashing first)
 POLL_S = 0.1
-PHASE_LINE = re.compile(r'^aads_ready_phase_seconds\{phase="([a-z_]+)"\} ([0-9.e+-]+)$', re.MULTILINE)
+# The phase label comes first; later label sets (version=...) follow it.
+PHASE_LINE = re.compile(r'^aads_ready_phase_seconds\{phase="([a-z_]+)"[^}]*\} ([0-9.e+-]+)$', re.MULTILINE)
 
 
 def say(msg: str) -> None:
