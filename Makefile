@@ -96,6 +96,11 @@ bench-images: install engine models  ## image size per version/variant, layers s
 bench-switch: images  ## switch, rollback and a canary switch under load through the edge (own stack; docs/benchmarks.md)
 	$(PY) benchmarks/bench_switch.py
 
+.PHONY: bench-switch-ready
+READY_BASE ?= c9bef26
+bench-switch-ready: install engine models  ## cold switch's time to traffic: READY_BASE's code (default c9bef26) vs this tree, one run
+	PY=$(abspath $(PY)) bash benchmarks/switch_before_after.sh $(READY_BASE)
+
 bench-backup: install engine  ## backup create/restore vs docker save/load, peak RSS, zstd (own multi-GB test image)
 	$(PY) benchmarks/bench_backup.py
 

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 BUNDLE_FILE = "bundle.json"
@@ -54,6 +56,33 @@ def verify_hashes(root: str | Path, expected: dict[str, str], what: str) -> None
             raise ModelLoadError(f"{what}: file {path} cannot be read ({e.strerror})") from None
         if actual != digest:
             raise ModelLoadError(f"{what}: file {path} does not match its recorded sha256 (expected {digest[:12]}…, got {actual[:12]}…)")
+
+
+class HashCheck:
+    """`verify_hashes` in a thread; `result()` waits for it and raises its ModelLoadError.
+
+    Hashing releases the GIL on large reads, so it runs on another core beside imports and loading.
+    """
+
+    def __init__(self, root: Path, expected: dict[str, str], what: str):
+        self.error: ModelLoadError | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(root, expected, what), name="hash-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path, expected: dict[str, str], what: str) -> None:
+        started = time.perf_counter()
+        try:
+            verify_hashes(root, expected, what)
+        except ModelLoadError as e:
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def result(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def write_bundle(directory: str | Path, meta: dict) -> dict:

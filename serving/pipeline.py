@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from serving import dynamic_depth
 from serving import ood as ood_mod
 from serving import precision as precision_mod
 from serving.backbones import EncoderView, load_backbone, pick_device
-from serving.bundles import ModelLoadError, read_bundle, read_json, verify_hashes
+from serving.bundles import HashCheck, ModelLoadError, read_bundle, read_json
 from serving.checkpoints import check_config_matches, read_config, weights_digest
 from serving.decision import decide
 from serving.manifest import Manifest
@@ -85,30 +84,6 @@ class _Adapter:
 def _host(*tensors: torch.Tensor) -> list[list]:
     """Device tensors -> Python lists, in one transfer each (the only place results leave the device)."""
     return [t.detach().to("cpu").tolist() for t in tensors]
-
-
-class _HashCheck:
-    """`verify_hashes` in a thread; `result()` waits for it and raises its ModelLoadError."""
-
-    def __init__(self, root: Path, expected: dict[str, str], what: str):
-        self.error: ModelLoadError | None = None
-        self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, args=(root, expected, what), name="hash-check", daemon=True)
-        self._thread.start()
-
-    def _run(self, root: Path, expected: dict[str, str], what: str) -> None:
-        started = time.perf_counter()
-        try:
-            verify_hashes(root, expected, what)
-        except ModelLoadError as e:
-            self.error = e
-        finally:
-            self.seconds = time.perf_counter() - started
-
-    def result(self) -> None:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _precision_info(precision: precision_mod.Precision, check: dict | None) -> dict:
@@ -172,7 +147,7 @@ class Pipeline:
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, device: str | None = None, verify: bool = True,
              dtype: str | None = None, dtype_source: str = "caller", check_precision: bool = True,
-             phases: Phases | None = None) -> "Pipeline":
+             phases: Phases | None = None, hashing: HashCheck | None = None) -> "Pipeline":
         """Load and verify a model set (offline). Raises ModelLoadError naming the bad path.
 
         `dtype` ("float32", "bfloat16", "auto") overrides the manifest's, e.g. to compare with fp32;
@@ -180,6 +155,8 @@ class Pipeline:
         it decides as fp32 does (serving.precision): otherwise the set is served in fp32;
         `check_precision=False` skips that check (tools that measure the agreement themselves).
         `phases` receives the seconds spent hashing, reading weights, building, checking precision.
+        `hashing`: a check of this set's files already running (`HashCheck.start`, as the service
+        starts it before importing torch); by default one starts here when `verify`.
         """
         t0 = time.perf_counter()
         phases = Phases() if phases is None else phases
@@ -197,7 +174,8 @@ class Pipeline:
         # Hashing runs beside the loading (hashlib releases the GIL on large reads); the set is not
         # served until it has passed: a mismatch fails the load below. Everything parsed meanwhile
         # is safetensors or JSON, never pickle.
-        hashing = _HashCheck(model_dir, doc["files"], f"model set {model_dir}") if verify else None
+        if hashing is None and verify:
+            hashing = HashCheck(model_dir, doc["files"], f"model set {model_dir}")
         try:
             pre = doc["preprocess"]
             preprocess = Preprocess(family, int(pre["image_size"]), int(pre["resize_size"]),
@@ -248,7 +226,11 @@ class Pipeline:
             pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
             return pipe
         log.warning("serving %s in float32, not bfloat16: %s", manifest.version, refusal)
-        del pipe, model
+        if pipe.dtype == torch.float32:  # refused before any cast: the fp32 model built above stands
+            pipe.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}
+            pipe.info["load_seconds"] = round(time.perf_counter() - t0, 3)
+            return pipe
+        del pipe, model  # cast to bf16 for the golden pass: its weights were rounded, read them again
         fp32 = cls.load(model_dir, manifest, device=device, verify=False, dtype="float32", dtype_source="refusal",
                         phases=phases)
         fp32.info["precision"] = {**_precision_info(precision, check), "dtype": "float32", "refused": refusal}

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from serving.batching import BatchStats, MicroBatcher
+from serving.bundles import HashCheck, ModelLoadError, read_json
 from serving.errors import NotReady
 from serving.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, manifest_sha256
 from serving.metrics import ServiceMetrics
 from serving.phases import Phases, seconds_since_process_start
 from serving.response_cache import ResponseCache
 from serving.settings import Settings
+
+MODEL_SET_FILE = "model_set.json"  # serving.pipeline's name too; not imported from there: it pulls in torch
 
 log = logging.getLogger("serving.runtime")
 
@@ -54,12 +57,29 @@ PipelineLoader = Callable[[Settings, Manifest], PipelineLike]
 
 
 def load_pipeline(settings: Settings, manifest: Manifest) -> PipelineLike:
-    """The real loader: `serving.pipeline.Pipeline.load` (imported here: it pulls in torch)."""
+    """The real loader: `serving.pipeline.Pipeline.load` (imported here: it pulls in torch).
+
+    The set's files are hashed from the start, on another core, while torch, transformers and peft
+    import (seconds of GIL-bound work); that also brings the weights into the page cache.
+    """
     phases = Phases()
+    hashing = start_hash_check(settings.model_dir)
     with phases.phase("imports"):
         from serving.pipeline import Pipeline
     return Pipeline.load(settings.model_dir, manifest, device=settings.device, dtype=settings.precision,
-                         dtype_source="AADS_PRECISION", phases=phases)
+                         dtype_source="AADS_PRECISION", phases=phases, hashing=hashing)
+
+
+def start_hash_check(model_dir: Path) -> HashCheck | None:
+    """A running check of every file `model_set.json` lists, or None when it cannot be read yet
+    (then `Pipeline.load` reports what is wrong with the set, as it always did)."""
+    try:
+        files = read_json(Path(model_dir) / MODEL_SET_FILE).get("files")
+    except (ModelLoadError, AttributeError):
+        return None
+    if not isinstance(files, dict):
+        return None
+    return HashCheck(Path(model_dir), files, f"model set {model_dir}")
 
 
 def resolve_manifest_dir(path: Path) -> Path:
