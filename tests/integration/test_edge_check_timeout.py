@@ -14,7 +14,6 @@ Watched failing with `timeout check 5s` removed from the template: the first che
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import secrets
 import socket
@@ -26,11 +25,12 @@ import pytest
 import requests
 
 from orchestrator.backends.compose.haproxy import EdgeRuntime, render_config
+from tests.integration.test_monitoring_stack import BASE_IMAGE
+from tests.integration.test_monitoring_stack import build as build_local_image
 
 pytestmark = [pytest.mark.engine]
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_IMAGE = "aads-base:bookworm"
 SLOW_READY_S = 2.0       # over the check interval (inter 1s), under `timeout check` (5 s)
 WATCH_S = 3 * (SLOW_READY_S + 1)  # about three slow checks in a row, each followed by `inter`
 
@@ -65,16 +65,7 @@ def _free_port() -> int:
 
 def edge_image(engine) -> str:
     """The edge image of this checkout (only its HAProxy is used: the config is mounted)."""
-    folder = REPO / "images" / "edge"
-    h = hashlib.sha256(BASE_IMAGE.encode())
-    for f in sorted(folder.iterdir()):
-        h.update(f.name.encode() + f.read_bytes())
-    tag = f"aads-edge:{h.hexdigest()[:12]}"
-    try:
-        engine.images.get(tag)
-    except docker.errors.ImageNotFound:
-        engine.images.build(path=str(folder), tag=tag, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, forcerm=True)
-    return tag
+    return build_local_image(engine, REPO / "images" / "edge", "aads-edge")
 
 
 def blue_stat(edge: EdgeRuntime) -> dict[str, str]:
