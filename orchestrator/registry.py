@@ -32,7 +32,8 @@ import httpx
 
 from orchestrator.errors import RegistryAuthError, RegistryError, RegistryTLSError
 from orchestrator.registry_auth import Credentials, CredentialSources
-from orchestrator.registry_tls import certificate_problem, is_loopback, ssl_context_for, tls_problem
+from orchestrator.registry_tls import (TrustSettings, certificate_problem, is_loopback, ssl_context_for,
+                                       ssl_context_without_cas, tls_problem)
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -177,10 +178,29 @@ class RegistryClient:
         where = sources.describe(self.host) if credentials is None else credentials.source
         self.credentials = credentials
         self.plain_http_allowed = insecure or is_loopback(self.host)
-        self.trust = ssl_context_for(self.host, ca_file=ca_file, env=env)
+        self._trust_args = {"ca_file": ca_file, "env": env}
+        self._timeout = timeout
         self._auth = ChallengeAuth(self.host, credentials, where)
-        self._http = httpx.Client(verify=self.trust.context, timeout=timeout, auth=self._auth)
+        self._trust: TrustSettings | None = None
+        # Loading the trust store costs 0.1-0.15 s per process (a tenth of a warm rollback). A registry
+        # that may speak plain HTTP is first asked through a context that trusts no CA yet: a plain
+        # server fails the handshake before any certificate is read, and a TLS one is asked again
+        # with the full trust (`_first_request`). Certificates are always verified.
+        if self.plain_http_allowed:
+            self._http = self._client(ssl_context_without_cas())
+        else:
+            self._http = self._client(self.trust.context)
         self._scheme: str | None = None  # https, or http once a loopback/insecure registry proved plain
+
+    @property
+    def trust(self) -> TrustSettings:
+        """The certificates this client trusts for the host (built on first need)."""
+        if self._trust is None:
+            self._trust = ssl_context_for(self.host, **self._trust_args)
+        return self._trust
+
+    def _client(self, context) -> httpx.Client:
+        return httpx.Client(verify=context, timeout=self._timeout, auth=self._auth)
 
     @property
     def scheme(self) -> str | None:
@@ -205,6 +225,11 @@ class RegistryClient:
         try:
             r = self._send("https", method, path, headers)
         except httpx.ConnectError as e:
+            if self._trust is None and certificate_problem(e) is not None:
+                # A TLS registry asked without CAs (see __init__): ask again with the full trust.
+                self._http.close()
+                self._http = self._client(self.trust.context)
+                return self._first_request(method, path, headers)
             bad_cert = certificate_problem(e)
             if bad_cert is not None:
                 raise RegistryTLSError(

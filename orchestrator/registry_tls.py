@@ -83,6 +83,12 @@ def ssl_context_for(host: str, *, ca_file: str | Path | None = None, env: Mappin
     return TrustSettings(context=context, sources=tuple(sources))
 
 
+def ssl_context_without_cas() -> ssl.SSLContext:
+    """A verifying client context that trusts no CA: enough to learn that a server speaks no TLS,
+    and it refuses every certificate (the caller then builds `ssl_context_for`)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname on, CERT_REQUIRED
+
+
 def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
     """The first exception of `kind` in `exc`'s cause/context chain (cycles stop the walk)."""
     seen = set()
