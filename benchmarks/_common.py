@@ -1,5 +1,6 @@
 """What every benchmark script shares: the machine line, a free port, progress on stderr, one
-percentile definition, and replacing the script's own section of docs/benchmarks.md.
+percentile definition, writing the raw JSON, stopping a child process, and replacing the script's own
+section of docs/benchmarks.md.
 
 Imported as `benchmarks._common` (each script puts the repository root on sys.path first). Needs
 nothing outside the standard library: a script passes its already imported torch to `machine()`.
@@ -7,6 +8,7 @@ nothing outside the standard library: a script passes its already imported torch
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -91,3 +93,19 @@ def write_section(doc: Path, heading: str, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + body
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(new)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """A benchmark's raw figures as indented JSON, the folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

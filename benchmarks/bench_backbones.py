@@ -25,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
+
 import torch  # noqa: E402
 
 from serving.backbones import choose_device_dtype, real_size_backbone  # noqa: E402
@@ -120,7 +122,7 @@ def main() -> int:
         doc = json.loads(args.out.read_text())
         doc["memory"] = measure_memory(args)
         doc["memory_note"] = memory_note()
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
         return 0
     device, dtype = choose_device_dtype(None, "auto")
@@ -163,8 +165,7 @@ def main() -> int:
            "memory_note": memory_note(),
            "memory": memory, "seconds": round(time.perf_counter() - t_start, 1)}
     if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
     return 0
 

@@ -12,7 +12,6 @@ disease) as full depth. Writes docs/benchmarks/bench_dynamic_depth.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import write_json  # noqa: E402
 
 from serving import synthetic  # noqa: E402
 from serving.demo_models import TEST_SEED_OFFSET, build_model_set  # noqa: E402
@@ -94,8 +95,7 @@ def main() -> int:
         out["batches"][str(batch)] = row
     out["command"] = "make bench-backbones (benchmarks/bench_dynamic_depth.py)"
     if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.out, out)
         print(f"wrote {args.out}")
     return 0
 

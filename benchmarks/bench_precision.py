@@ -25,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
+
 import torch
 
 from serving.backbones import REAL_SIZES, EncoderView, real_size_backbone
@@ -113,8 +115,7 @@ def main() -> int:
         del fp32, bf16
     doc = {"command": "benchmarks/bench_precision.py", "peak": peak, "load_average_at_end": round(os.getloadavg()[0], 1),
            "torch": torch.__version__, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 

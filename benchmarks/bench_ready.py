@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,21 +30,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import free_port, sayer, stop_process, write_json  # noqa: E402
+
+say = sayer("bench-ready")
 VERSIONS = ("v5.5.4-dinov3", "v5.5.3-performance")
 BASELINE = "27b3114"  # main before issue 16 (fp32, no phases, from_pretrained, hashing first)
 POLL_S = 0.1
 # The phase label comes first; later label sets (version=...) follow it.
 PHASE_LINE = re.compile(r'^aads_ready_phase_seconds\{phase="([a-z_]+)"[^}]*\} ([0-9.e+-]+)$', re.MULTILINE)
-
-
-def say(msg: str) -> None:
-    print(f"bench-ready: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extract(ref: str, into: Path) -> Path:
@@ -87,12 +81,7 @@ def time_to_ready(code: Path, version: str, model_dir: Path, timeout: float = 30
             model = json.loads(r.read()).get("model") or {}
         return {"seconds": round(seconds, 3), "phases": phases, "dtype": model.get("dtype")}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 def load_average() -> float | None:
@@ -159,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "dtype": best["dtype"], "phases_of_best": best["phases"], "runs": rows}
             results["versions"][label] = summary
             say(f"{label}: " + ", ".join(f"{name} best {s['best_s']:.2f}s" for name, s in summary.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     say(f"wrote {args.json}")
     return 0
 

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import free_port, sayer  # noqa: E402
+from benchmarks._common import free_port, sayer, stop_process  # noqa: E402
 from orchestrator.polling import NotYet, PollTimeout, poll_until  # noqa: E402
 
 MB = 1024 * 1024
@@ -153,11 +153,7 @@ def run_level(models: Path, version_dir: Path, decode: int, clients: int, per_cl
         sampler.stop_event.set()
         sampler.join(5)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 60)
     body_max = max(len(b) for _, b in bodies.values())
     from serving.images import held_pixels
 

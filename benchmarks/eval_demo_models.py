@@ -10,7 +10,6 @@ Writes docs/benchmarks/eval_demo_models.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import machine  # noqa: E402
+from benchmarks._common import machine, write_json  # noqa: E402
 from serving.demo_models import build_model_set, evaluate_model_set  # noqa: E402
 
 VERSIONS = ("v5.5.3-performance", "v5.5.4-dinov3")
@@ -68,8 +67,7 @@ def main() -> int:
            "ood_per_kind": args.ood_per_kind, "targets": {"accuracy": TARGET_ACCURACY, "ood_review": TARGET_OOD_REVIEW},
            "met": ok, "results": results}
     if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
     return 0 if ok else 1
 

@@ -1,5 +1,6 @@
-"""benchmarks/_common.py: one percentile definition, section replacement, the machine line."""
+"""benchmarks/_common.py: one percentile definition, section replacement, the machine line, JSON out, stopping a child."""
 
+import json
 import socket
 import statistics
 import sys
@@ -49,3 +50,27 @@ def test_machine_line(capsys):
     assert "-core" in line and "GiB" in line and line.endswith("load average 0.5 at start")
     _common.sayer("bench-x")("hello")
     assert capsys.readouterr().err == "bench-x: hello\n"
+
+
+def test_write_json_makes_the_folder_and_writes_indented_json(tmp_path):
+    out = tmp_path / "deeper" / "figures.json"
+    _common.write_json(out, {"a": [1, 2]})
+    assert json.loads(out.read_text()) == {"a": [1, 2]}
+    assert out.read_text().endswith("\n") and "\n  " in out.read_text()
+
+
+def test_stop_process_kills_a_child_that_ignores_sigterm():
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == b"up"  # the handler is in place
+    _common.stop_process(child, 0.5)
+    assert child.returncode == -9
+
+
+def test_stop_process_ends_a_child_on_sigterm():
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _common.stop_process(child, 30)
+    assert child.returncode == -15
