@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import struct
 import threading
 import time
-import uuid
-import zlib
 from itertools import cycle
 from typing import Any
 
-from benchmarks.loadgen import LoadGenerator, LoadResult, LoadSpec
+from benchmarks.loadgen import LoadGenerator, LoadResult, LoadSpec, with_nonce
 
 BOUNDARY = "aadsbenchcanary"
 # The bench target's analysis: errors judged as shipped; the figures the two random demo sets
@@ -52,14 +49,6 @@ def leaf_pool(version_dir, n: int = 24) -> list[bytes]:
         leaf_image(crop, disease, i // len(classes), seed=23).save(buf, "PNG")
         pool.append(buf.getvalue())
     return pool
-
-
-def with_nonce(png: bytes) -> bytes:
-    """The same pixels in fresh bytes (a tEXt chunk before IEND), so no response cache answers it."""
-    text = b"nonce\x00" + uuid.uuid4().hex.encode()
-    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
-    iend = png.rindex(b"IEND") - 4
-    return png[:iend] + chunk + png[iend:]
 
 
 def diagnose_load(url: str, pool: list[bytes], *, rate: float, headers: tuple) -> LoadGenerator:

@@ -26,17 +26,14 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import struct
 import tarfile
 import time
-import uuid
-import zlib
 from pathlib import Path
 
 import pytest
 import requests
 
-from benchmarks.loadgen import LoadGenerator, LoadSpec
+from benchmarks.loadgen import LoadGenerator, LoadSpec, with_nonce
 from orchestrator import golden
 from orchestrator.backends.compose.haproxy import EdgeRuntime
 from serving.manifest import load_manifest
@@ -128,16 +125,6 @@ def load_leaf(stack, biased) -> bytes:
         if answer["decision"] == "accept" and answer.get("disease") == disease:
             return leaf
     pytest.fail(f"{LIVE_VERSION} accepts none of the {len(biased['reviewed'])} leaves the biased set reviews")
-
-
-def with_nonce(png_bytes: bytes) -> bytes:
-    """The same image (same pixels, same decision) in different bytes: a tEXt chunk with a fresh
-    nonce before IEND. Real uploads differ in every request; identical bytes would be answered by
-    the response cache, warm on live and cold on the candidate, which is not what a canary judges."""
-    text = b"nonce\x00" + uuid.uuid4().hex.encode()
-    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
-    iend = png_bytes.rindex(b"IEND") - 4  # the chunk's length field
-    return png_bytes[:iend] + chunk + png_bytes[iend:]
 
 
 def load(stack: Stack, leaf: bytes) -> LoadGenerator:
