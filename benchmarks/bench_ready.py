@@ -53,7 +53,9 @@ def extract(ref: str, into: Path) -> Path:
 def time_to_ready(code: Path, version: str, model_dir: Path, timeout: float = 300.0) -> dict:
     """Spawn the service from `code`, return seconds to /ready and the phases it reports."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(code), "AADS_MODEL_DIR": str(model_dir),
+    # The tree under test first; packages carried on PYTHONPATH (e.g. wheels on a GPU host) stay reachable.
+    pythonpath = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, "AADS_MODEL_DIR": str(model_dir),
            "AADS_MANIFEST_DIR": str(ROOT / "versions" / version), "AADS_PORT": str(port), "AADS_HOST": "127.0.0.1",
            "AADS_LOG_LEVEL": "warning"}
     started = time.perf_counter()
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "git ref, both from this venv, on the demo model sets (make models).")
     ap.add_argument("--baseline", action="append", help=f"git ref whose serving/ is a 'before'; repeat for several "
                     f"(default {BASELINE})")
+    ap.add_argument("--no-baseline", action="store_true", help="time this tree only (e.g. on a host without the "
+                    "git history, such as a GPU machine given a copy of the working tree)")
     ap.add_argument("--runs", type=int, default=3, help="starts per code tree and version (default 3)")
     ap.add_argument("--versions", nargs="*", default=list(VERSIONS), help="demo sets under build/models "
                     "(default both; none with --versions and no names)")
@@ -107,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a stopped run still stops its service
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    baselines = args.baseline or [BASELINE]
+    if args.no_baseline and args.baseline:
+        ap.error("--no-baseline and --baseline exclude each other")
+    baselines = [] if args.no_baseline else args.baseline or [BASELINE]
     missing = [v for v in args.versions if not (ROOT / "build" / "models" / v / "model_set.json").is_file()]
     if missing:
         print(f"error: no demo model set for {', '.join(missing)} under build/models (run make models)", file=sys.stderr)

@@ -11,12 +11,15 @@ DINOv3 ViT-S/16, ViT-L/16 (and ViT-B/16, the production size) and DINOv2 ViT-B/1
 weights, saved in Hub format and loaded by the real loading code. For each:
 
 1. build a small model set on the device with serving.build_model_set (synthetic images);
-2. serve it through the real HTTP app (uvicorn on 127.0.0.1) until /ready, diagnose over HTTP;
+2. serve it through the real HTTP app (uvicorn on 127.0.0.1) until /ready (its start-up phases and
+   precision read back), diagnose over HTTP, resend images and expect X-Cache miss then hit;
 3. compare bf16 and fp32 decisions (and OOD scores) on the held-out images;
-4. measure images/s at batch 1, 8 and 32 through the pipeline;
+4. measure images/s at batch 1, 8 and 32 through the pipeline as served (and forced to bf16 where
+   the precision rule refused it);
 5. record the peak device memory of the loaded version serving batch 32 (what the blue/green
    GPU-room check needs);
-6. (first two sets) the service's batcher against a naive one-request-at-a-time service, 32 clients.
+6. (first two sets) the service's batcher against a naive one-request-at-a-time service, 32 clients,
+   response cache off in both.
 
 A hard time budget (--budget-s) skips the remaining parts, saying so, rather than overrun.
 Writes gpu_check.json and gpu_check.md to --out. Exit 0 when every part that ran passed.
@@ -98,9 +101,10 @@ def make_inputs(work: Path, label: str, model_id: str, version: str, quick: bool
     return ckpt, data
 
 
-def build_set(work: Path, version: str, ckpt: Path, data: Path, model_id: str, device: str, quick: bool) -> Path:
+def build_set(work: Path, version: str, ckpt: Path, data: Path, model_id: str, device: str, quick: bool,
+              epochs: int = 1) -> Path:
     out = work / "sets" / f"{version}-{model_id.split('/')[-1]}"
-    options = BuildOptions(device=device, epochs=1, batch_size=16, model_id=model_id, random_init=True,
+    options = BuildOptions(device=device, epochs=epochs, batch_size=16, model_id=model_id, random_init=True,
                            synthetic=True, calibration_images=200, golden_per_crop=1,
                            image_size=112 if quick else None, resize_size=128 if quick else None,
                            extra={"gpu_check": True})
@@ -128,7 +132,9 @@ def compare_dtypes(model_dir: Path, version: str, images: list, device: str) -> 
     result = dtype_agreement(model_dir, manifest, images, device)
     if result["serving_dtype"] != "float32":
         # How far scores move, besides whether decisions flip.
-        a = Pipeline.load(model_dir, manifest, device=device, verify=False)
+        # The serving dtype forced: where the precision rule refused it, a default load would be fp32 again.
+        a = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype=result["serving_dtype"],
+                          dtype_source="gpu-check", check_precision=False)
         b = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype="float32")
         da = a.diagnose(images[:32], [None] * len(images[:32]))
         db = b.diagnose(images[:32], [None] * len(images[:32]))
@@ -140,6 +146,8 @@ def compare_dtypes(model_dir: Path, version: str, images: list, device: str) -> 
 
 
 def throughput(model_dir: Path, version: str, images: list, device: str, budget: Budget) -> dict:
+    """Images/s of the pipeline as the service loads it (and, on a bf16 GPU where the set was refused
+    bf16, of the same set forced to bf16: what bf16 would buy), plus the served pipeline's peak memory."""
     manifest = load_manifest(ROOT / "versions" / version)
     if device.startswith("cuda"):
         gc.collect()  # the servers and pipelines of earlier parts must not count here
@@ -149,12 +157,29 @@ def throughput(model_dir: Path, version: str, images: list, device: str, budget:
     pipe = Pipeline.load(model_dir, manifest, device=device)
     pipe.warmup()
     out: dict = {"dtype": pipe.info["dtype"], "num_blocks": pipe.info["num_blocks"],
-                 "hidden_size": pipe.info["hidden_size"], "image_size": pipe.preprocess.image_size,
-                 "images_per_s": {}}
+                 "hidden_size": pipe.info["hidden_size"], "image_size": pipe.preprocess.image_size}
     pool = (images * (64 // max(1, len(images)) + 1))[:64]
+    out["images_per_s"] = _images_per_s(pipe, pool, device, budget)
+    if device.startswith("cuda"):
+        out["peak_memory_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+        out["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        out["allocated_before_mib"] = round(base / 2**20, 1)
+    served_fp32 = pipe.info["dtype"] == "float32"
+    del pipe
+    if device.startswith("cuda") and served_fp32 and torch.cuda.is_bf16_supported() and budget.allows(30):
+        forced = Pipeline.load(model_dir, manifest, device=device, verify=False, dtype="bfloat16",
+                               dtype_source="gpu-check", check_precision=False)
+        forced.warmup()
+        out["images_per_s_forced_bf16"] = _images_per_s(forced, pool, device, budget)
+        del forced
+    return out
+
+
+def _images_per_s(pipe: Pipeline, pool: list, device: str, budget: Budget) -> dict:
+    result: dict = {}
     for bs in BATCHES:
         if not budget.allows(20):
-            out["images_per_s"][str(bs)] = "skipped: time budget"
+            result[str(bs)] = "skipped: time budget"
             continue
         batch = pool[:bs]
         pipe.diagnose(batch, [None] * bs)  # warm this shape
@@ -163,16 +188,11 @@ def throughput(model_dir: Path, version: str, images: list, device: str, budget:
         while n < max(3, 64 // bs) or time.perf_counter() - t0 < 1.0:
             pipe.diagnose(batch, [None] * bs)
             n += 1
-            if time.perf_counter() - t0 > 6:
+            if time.perf_counter() - t0 > 4:
                 break
         _sync(device)
-        out["images_per_s"][str(bs)] = round(n * bs / (time.perf_counter() - t0), 1)
-    if device.startswith("cuda"):
-        out["peak_memory_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-        out["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-        out["allocated_before_mib"] = round(base / 2**20, 1)
-    del pipe
-    return out
+        result[str(bs)] = round(n * bs / (time.perf_counter() - t0), 1)
+    return result
 
 
 def _sync(device: str) -> None:
@@ -190,7 +210,7 @@ def _free_port() -> int:
 class Server:
     """The real app (serving.app.create_app) on uvicorn, 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, model_dir: Path, version: str, device: str, max_batch_size: int):
+    def __init__(self, model_dir: Path, version: str, device: str, max_batch_size: int, cache_entries: int = 1024):
         import uvicorn
 
         from serving.app import create_app
@@ -199,7 +219,8 @@ class Server:
         self.port = _free_port()
         env = {"AADS_MODEL_DIR": str(model_dir), "AADS_MANIFEST_DIR": str(ROOT / "versions" / version),
                "AADS_DEVICE": device, "AADS_MAX_BATCH_SIZE": str(max_batch_size), "AADS_MAX_WAIT_MS": "5",
-               "AADS_QUEUE_SIZE": "1024", "AADS_API_KEYS": API_KEY, "AADS_LOG_LEVEL": "warning"}
+               "AADS_QUEUE_SIZE": "1024", "AADS_API_KEYS": API_KEY,
+               "AADS_CACHE_ENTRIES": str(cache_entries), "AADS_LOG_LEVEL": "warning"}
         self.app = create_app(Settings.from_env(env))
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 access_log=False)
@@ -246,12 +267,46 @@ def serve_over_http(model_dir: Path, version: str, images: list, device: str, bu
         ready_s = srv.wait_ready(min(120, max(10, budget.left - 10)))
         with httpx.Client(base_url=srv.url, headers=headers, timeout=60) as client:
             version_doc = client.get("/v1/version").json()
+            phases = ready_phases(client.get("/metrics").text)
             answers = [client.post("/v1/diagnose", json={"image": _png(im)}) for im in images[:4]]
+            cache = cache_hit_latency(client, images[4:8])
     bad = [r.status_code for r in answers if r.status_code != 200]
     first = answers[0].json() if answers and answers[0].status_code == 200 else {}
-    return {"ready_seconds": round(ready_s, 2), "diagnose_status": [r.status_code for r in answers],
-            "ok": not bad, "random_init": version_doc.get("random_init", version_doc.get("model", {}).get("random_init")),
+    model = version_doc.get("model") or {}
+    precision = model.get("precision") or {}
+    return {"ready_seconds": round(ready_s, 2), "ready_phases": phases,
+            "diagnose_status": [r.status_code for r in answers], "ok": not bad and cache.get("ok", False),
+            "random_init": version_doc.get("random_init", model.get("random_init")),
+            "serving_dtype": model.get("dtype"), "precision_reason": precision.get("reason"),
+            "precision_refused": precision.get("refused"), "cache": cache,
             "version": version_doc.get("version"), "first_answer": first.get("result", first)}
+
+
+def ready_phases(metrics_text: str) -> dict:
+    """`aads_ready_phase_seconds{phase="..."} s` lines of /metrics as {phase: seconds}."""
+    out = {}
+    for line in metrics_text.splitlines():
+        # process_start counts from this check's own start (the server runs in its process), not a container's
+        if line.startswith("aads_ready_phase_seconds{") and 'phase="process_start"' not in line:
+            label, value = line.rsplit(" ", 1)
+            out[label.split('phase="', 1)[1].split('"', 1)[0]] = round(float(value), 3)
+    return out
+
+
+def cache_hit_latency(client, images: list) -> dict:
+    """Each image sent twice: the first should miss the response cache, the second hit it."""
+    miss, hit, headers = [], [], []
+    for im in images:
+        body = {"image": _png(im)}
+        for times in (miss, hit):
+            t0 = time.perf_counter()
+            r = client.post("/v1/diagnose", json=body)
+            times.append(time.perf_counter() - t0)
+            headers.append((r.status_code, r.headers.get("x-cache")))
+    expected = [(200, "miss"), (200, "hit")] * len(images)
+    return {"ok": headers == expected, "x_cache": [h for _, h in headers],
+            "miss_ms_median": round(1000 * sorted(miss)[len(miss) // 2], 2) if miss else None,
+            "hit_ms_median": round(1000 * sorted(hit)[len(hit) // 2], 2) if hit else None}
 
 
 def batcher_vs_naive(model_dir: Path, version: str, images: list, device: str, budget: Budget,
@@ -266,7 +321,8 @@ def batcher_vs_naive(model_dir: Path, version: str, images: list, device: str, b
         if not budget.allows(30):
             out[name] = "skipped: time budget"
             continue
-        with Server(model_dir, version, device, max_batch_size=max_batch) as srv:
+        # Response cache off: the clients resend 16 images, which the cache would answer, not the model.
+        with Server(model_dir, version, device, max_batch_size=max_batch, cache_entries=0) as srv:
             srv.wait_ready(min(120, max(10, budget.left - 10)))
 
             def client(k: int) -> int:
@@ -307,6 +363,20 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['label']} | {r['version']} | {http.get('ready_seconds', '-') if isinstance(http, dict) else http} "
                      f"| {agree_s} | {ips.get('1', '-')} | {ips.get('8', '-')} | {ips.get('32', '-')} "
                      f"| {tp.get('peak_memory_mib', '-') if isinstance(tp, dict) else '-'} |")
+    forced = [(r["label"], r["throughput"]["images_per_s_forced_bf16"]) for r in report["backbones"]
+              if isinstance(r.get("throughput"), dict) and "images_per_s_forced_bf16" in r["throughput"]]
+    if forced:
+        lines += ["", "The same sets forced to bf16 (what the agreement rule declined), img/s:", "",
+                  "| backbone | b1 | b8 | b32 |", "| --- | --- | --- | --- |"]
+        lines += [f"| {label} | {ips.get('1', '-')} | {ips.get('8', '-')} | {ips.get('32', '-')} |" for label, ips in forced]
+    lines += ["", "| backbone | served in | ready phases (s) | cache miss / hit ms (median) |", "| --- | --- | --- | --- |"]
+    for r in report["backbones"]:
+        http = r.get("http")
+        if isinstance(http, dict):
+            phases = ", ".join(f"{k} {v}" for k, v in (http.get("ready_phases") or {}).items())
+            cache = http.get("cache") or {}
+            lines.append(f"| {r['label']} | {http.get('serving_dtype')} | {phases or '-'} "
+                         f"| {cache.get('miss_ms_median')} / {cache.get('hit_ms_median')} |")
     lines += ["", "| backbone | batched req/s | naive req/s | ratio (target >= 2) |", "| --- | --- | --- | --- |"]
     for r in report["backbones"]:
         b = r.get("batcher")
@@ -348,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (to test the script)")
     ap.add_argument("--quick", action="store_true", help="ViT-S only, 4 blocks, small images: a CPU test run")
     ap.add_argument("--budget-s", type=float, help="hard time budget (default 330 on a GPU, 240 with --quick)")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="adapter training epochs per set (default 1; more give decisions far from the threshold, "
+                         "which a bf16 agreement check needs on random weights)")
+    ap.add_argument("--sets", type=int, default=len(PLAN), choices=range(1, len(PLAN) + 1),
+                    help=f"how many backbones of the plan to check, in its order (default all {len(PLAN)})")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (checkpoints, data, sets) under --out")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -369,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_supported": bool(torch.cuda.is_bf16_supported()) if args.device.startswith("cuda") else None,
         "total_memory_mib": (round(torch.cuda.get_device_properties(0).total_memory / 2**20)
                              if args.device.startswith("cuda") else None)},
-        "quick": args.quick, "budget_s": budget.seconds, "backbones": [], "skipped": [], "failures": [],
+        "quick": args.quick, "epochs": args.epochs, "budget_s": budget.seconds, "backbones": [], "skipped": [], "failures": [],
         "random_weights": True}
-    plan = PLAN[:1] if args.quick else PLAN
+    plan = PLAN[:1] if args.quick else PLAN[:args.sets]
     # Rough seconds each part needs before it is worth starting (build includes training).
     need = {"http": 15, "dtype": 10, "throughput": 25, "batcher": 40}
     try:
@@ -386,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt, data = make_inputs(work, label, model_id, version, args.quick)
                 log(f"{label}: building the model set on {args.device}")
                 t = time.perf_counter()
-                model_dir = build_set(work, version, ckpt, data, model_id, args.device, args.quick)
+                model_dir = build_set(work, version, ckpt, data, model_id, args.device, args.quick, args.epochs)
                 entry["build_seconds"] = round(time.perf_counter() - t, 1)
                 images = heldout_images(model_dir, data, limit=32 if args.quick else 96)
                 for part, fn in (
@@ -428,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in report["backbones"]:
         http = r.get("http")
         if isinstance(http, dict) and not http.get("ok"):
-            report["failures"].append(f"{r['label']}: diagnose over HTTP answered {http.get('diagnose_status')}")
+            report["failures"].append(f"{r['label']}: diagnose over HTTP answered {http.get('diagnose_status')}, "
+                                      f"X-Cache {(http.get('cache') or {}).get('x_cache')} (want miss, hit per image)")
     _write(args.out, report, budget)
     log(f"wrote {args.out / 'gpu_check.json'} and gpu_check.md in {report['seconds']:.0f}s")
     print(markdown(report))

@@ -25,6 +25,10 @@ def test_quick_cpu_run_builds_serves_compares_and_measures(tmp_path):
     (entry,) = report["backbones"]
     assert entry["model_id"] == "facebook/dinov3-vits16-pretrain-lvd1689m" and report["random_weights"] is True
     assert entry["http"]["ok"] and entry["http"]["ready_seconds"] > 0 and entry["http"]["version"] == "v5.5.4-dinov3"
+    # Each resent image is answered by the response cache, and the start-up phases come from /metrics.
+    assert entry["http"]["cache"]["x_cache"] == ["miss", "hit"] * 4
+    assert {"read_weights", "build_model", "warmup"} <= set(entry["http"]["ready_phases"])
+    assert "process_start" not in entry["http"]["ready_phases"]  # the check's own process, not a fresh one
     # The dtype the service picks on this CPU: bf16 where it has avx512_bf16/AMX, else fp32 (nothing to compare).
     expected = "bfloat16" if cpu_native_bf16() else "float32"
     assert entry["dtype"]["serving_dtype"] == expected

@@ -145,3 +145,17 @@ def test_golden_decisions_recorded_in_fp32_need_one_pass_only(tiny_model_set, mo
     pipe = Pipeline.load(ms.path, ms.manifest(), device="cpu")
     assert pipe.model_set["golden"]["dtype"] == "float32"  # built sets record golden decisions in fp32
     assert passes == [torch.bfloat16]  # compared with the recorded decisions, no fp32 rerun
+
+
+def test_the_builder_says_when_an_agreement_is_too_thin_to_trust():
+    # On the H100, a 30-image held-out check passed 30/30 while 57 images gave 0.93: too few to show 99.5%.
+    from serving.build_model_set import MIN_IMAGES_TO_SHOW_TARGET, agreement_warning
+
+    assert MIN_IMAGES_TO_SHOW_TARGET == 200  # one differing decision in 199 images is below 0.995
+    thin = {"serving_dtype": "bfloat16", "agreement": 1.0, "images": 30, "meets_target": True}
+    assert "only 30 held-out images" in agreement_warning(thin)
+    firm = {**thin, "images": 200}
+    assert agreement_warning(firm) is None
+    low = {"serving_dtype": "bfloat16", "agreement": 0.99, "images": 400, "meets_target": False}
+    assert "0.9900 of 400" in agreement_warning(low) and "float32" in agreement_warning(low)
+    assert agreement_warning({"serving_dtype": "float32", "agreement": 1.0, "images": 5}) is None  # nothing compared
