@@ -161,14 +161,16 @@ class Service:
     """`python -m serving` on a free 127.0.0.1 port; always stopped (SIGTERM, then kill) on exit."""
 
     def __init__(self, model_dir: Path, family: str, max_batch: int, max_wait_ms: float, threads: int,
-                 code: Path = ROOT, cache: bool = False):
+                 code: Path = ROOT, cache: bool = False, device: str = "cpu"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "AADS_HOST": "127.0.0.1", "AADS_PORT": str(self.port),
                "AADS_MODEL_DIR": str(model_dir), "AADS_MANIFEST_DIR": str(ROOT / "versions" / FAMILIES[family]),
                "AADS_MAX_BATCH_SIZE": str(max_batch), "AADS_MAX_WAIT_MS": str(max_wait_ms),
-               "AADS_QUEUE_SIZE": "256", "AADS_DEVICE": "cpu", "AADS_LOG_LEVEL": "warning",
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(code),
+               "AADS_QUEUE_SIZE": "256", "AADS_DEVICE": device, "AADS_LOG_LEVEL": "warning",
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
+               # The tree under test first; packages carried on PYTHONPATH (wheels on a GPU host) stay reachable.
+               "PYTHONPATH": os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p),
                "AADS_CACHE_ENTRIES": "1024" if cache else "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=code, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,7 @@
 """This service against today's (a git ref's `serving/`), 32 clients, the two measured in turns.
 
     .venv/bin/python benchmarks/bench_vs_today.py [--family dinov3] [--baseline 27b3114] [--rounds 4] [--seconds 20]
+    python3 benchmarks/bench_vs_today.py --device cuda --baseline-dir DIR   # a GPU host: DIR holds today's serving/
 
 `make bench-serving` measures today's service once, after this one: on a machine whose load moves,
 that ratio moves with it. Here both services are started at once (the same ViT-S model set of
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=sorted(FAMILIES), default="dinov3")
     ap.add_argument("--baseline", default="27b3114", help="git ref whose serving/ is today's service (default 27b3114)")
+    ap.add_argument("--baseline-dir", type=Path, help="a folder holding today's serving/ package, instead of "
+                    "--baseline's git archive (for a host given a copy of the working tree without its history)")
+    ap.add_argument("--device", default="cpu", help="AADS_DEVICE of both services: cpu (default) or cuda")
     ap.add_argument("--rounds", type=int, default=4, help="turns per service (default 4)")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds per turn (default 20)")
     ap.add_argument("--models", type=Path, default=ROOT / "build" / "bench-models")
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.seconds <= 0:
         ap.error("--rounds must be at least 1 and --seconds positive")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a stopped run still stops its services
+    if args.baseline_dir and not (args.baseline_dir / "serving" / "__main__.py").is_file():
+        print(f"error: --baseline-dir {args.baseline_dir} holds no serving/ package", file=sys.stderr)
+        return 2
     threads = torch_threads_for_load()
     load_start = os.getloadavg()[0]
     model_dir = vit_s_model_set(args.family, args.models)
@@ -63,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     turns: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-vs-today-") as tmp, contextlib.ExitStack() as stack:
         services = {
-            "this": stack.enter_context(Service(model_dir, args.family, MAX_BATCH, 5.0, threads)),
-            "today": stack.enter_context(Service(model_dir, args.family, MAX_BATCH, 5.0, threads,
-                                                 code=extract(args.baseline, Path(tmp)))),
+            "this": stack.enter_context(Service(model_dir, args.family, MAX_BATCH, 5.0, threads, device=args.device)),
+            "today": stack.enter_context(Service(model_dir, args.family, MAX_BATCH, 5.0, threads, device=args.device,
+                                                 code=(args.baseline_dir or extract(args.baseline, Path(tmp))).resolve())),
         }
         for name in services:  # one short warm turn each, not counted
             asyncio.run(closed_loop(services[name].url, bodies, CLIENTS, 3.0, 10_000))
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python benchmarks/bench_vs_today.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(load_start),
               "family": args.family, "version": FAMILIES[args.family], "baseline": args.baseline,
+              "device": args.device,
               "clients": CLIENTS, "max_batch": MAX_BATCH, "torch_threads": threads, "seconds_per_turn": args.seconds,
               "summary": summary, "ratio": round(ratio, 3), "ratio_per_pair": [round(p, 3) for p in pairs],
               "turns": turns}
