@@ -95,6 +95,12 @@ def write_section(doc: Path, heading: str, text: str) -> None:
     doc.write_text(new)
 
 
+def pythonpath_first(code: Path) -> str:
+    """PYTHONPATH for a child that must import `code`'s packages first while packages carried on the
+    caller's PYTHONPATH (wheels on a GPU host) stay reachable."""
+    return os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def write_json(path: Path, doc: Any) -> None:
     """A benchmark's raw figures as indented JSON, the folder made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)

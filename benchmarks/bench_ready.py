@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import free_port, sayer, stop_process, write_json  # noqa: E402
+from benchmarks._common import free_port, pythonpath_first, sayer, stop_process, write_json  # noqa: E402
 
 say = sayer("bench-ready")
 VERSIONS = ("v5.5.4-dinov3", "v5.5.3-performance")
@@ -53,9 +53,7 @@ def extract(ref: str, into: Path) -> Path:
 def time_to_ready(code: Path, version: str, model_dir: Path, timeout: float = 300.0) -> dict:
     """Spawn the service from `code`, return seconds to /ready and the phases it reports."""
     port = free_port()
-    # The tree under test first; packages carried on PYTHONPATH (e.g. wheels on a GPU host) stay reachable.
-    pythonpath = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath, "AADS_MODEL_DIR": str(model_dir),
+    env = {**os.environ, "PYTHONPATH": pythonpath_first(code), "AADS_MODEL_DIR": str(model_dir),
            "AADS_MANIFEST_DIR": str(ROOT / "versions" / version), "AADS_PORT": str(port), "AADS_HOST": "127.0.0.1",
            "AADS_LOG_LEVEL": "warning"}
     started = time.perf_counter()

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks._common import pythonpath_first  # noqa: E402
+
 SECTION = "## Serving: HTTP"
 FAMILIES = {"dinov3": "v5.5.4-dinov3", "dinov2": "v5.5.3-performance"}
 # ViT-S at 224 px: DINOv3 ViT-S/16 (196 patches + CLS + 4 registers), DINOv2 ViT-S/14 (256 patches + CLS).
@@ -169,8 +171,7 @@ class Service:
                "AADS_MAX_BATCH_SIZE": str(max_batch), "AADS_MAX_WAIT_MS": str(max_wait_ms),
                "AADS_QUEUE_SIZE": "256", "AADS_DEVICE": device, "AADS_LOG_LEVEL": "warning",
                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
-               # The tree under test first; packages carried on PYTHONPATH (wheels on a GPU host) stay reachable.
-               "PYTHONPATH": os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p),
+               "PYTHONPATH": pythonpath_first(code),
                "AADS_CACHE_ENTRIES": "1024" if cache else "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=code, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,7 @@
 """benchmarks/_common.py: one percentile definition, section replacement, the machine line, JSON out, stopping a child."""
 
 import json
+import os
 import socket
 import statistics
 import sys
@@ -74,3 +75,10 @@ def test_stop_process_ends_a_child_on_sigterm():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     _common.stop_process(child, 30)
     assert child.returncode == -15
+
+
+def test_a_child_imports_the_tree_under_test_first_and_keeps_carried_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    assert _common.pythonpath_first(tmp_path).split(os.pathsep) == [str(tmp_path), "/tmp/site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert _common.pythonpath_first(tmp_path) == str(tmp_path)
