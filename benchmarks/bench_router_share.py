@@ -42,8 +42,7 @@ def mixed_batch(manifest, seed: int) -> tuple[list, list[str]]:
 
 
 def measure(model_dir: Path, rounds: int) -> dict:
-    doc_version = model_dir.name
-    manifest = load_manifest(ROOT / "versions" / doc_version)
+    manifest = load_manifest(ROOT / "versions" / model_dir.name)
     pipe = Pipeline.load(model_dir, manifest, device="cpu")
     pipe.warmup()
     images, crops = mixed_batch(manifest, seed=5)

@@ -283,14 +283,12 @@ def serve_over_http(model_dir: Path, version: str, images: list, device: str, bu
 
 
 def ready_phases(metrics_text: str) -> dict:
-    """`aads_ready_phase_seconds{phase="..."} s` lines of /metrics as {phase: seconds}."""
-    out = {}
-    for line in metrics_text.splitlines():
-        # process_start counts from this check's own start (the server runs in its process), not a container's
-        if line.startswith("aads_ready_phase_seconds{") and 'phase="process_start"' not in line:
-            label, value = line.rsplit(" ", 1)
-            out[label.split('phase="', 1)[1].split('"', 1)[0]] = round(float(value), 3)
-    return out
+    """`aads_ready_phase_seconds{phase="..."} s` lines of /metrics as {phase: seconds}, parsed as bench_ready does.
+    process_start is left out: it counts from this check's own start (the server runs in its process)."""
+    from benchmarks.bench_ready import PHASE_LINE
+
+    return {phase: round(float(value), 3) for phase, value in PHASE_LINE.findall(metrics_text)
+            if phase != "process_start"}
 
 
 def cache_hit_latency(client, images: list) -> dict:
@@ -419,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="ViT-S only, 4 blocks, small images: a CPU test run")
     ap.add_argument("--budget-s", type=float, help="hard time budget (default 330 on a GPU, 240 with --quick)")
     ap.add_argument("--epochs", type=int, default=1,
-                    help="adapter training epochs per set (default 1; more give decisions far from the threshold, "
-                         "which a bf16 agreement check needs on random weights)")
+                    help="adapter training epochs per set (default 1; on random weights more epochs lower the bf16 "
+                         "agreement: the heads then amplify tiny feature differences that bf16 moves)")
     ap.add_argument("--sets", type=int, default=len(PLAN), choices=range(1, len(PLAN) + 1),
                     help=f"how many backbones of the plan to check, in its order (default all {len(PLAN)})")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (checkpoints, data, sets) under --out")
